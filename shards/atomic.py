@@ -1,0 +1,90 @@
+"""Atomic file output: nothing gets its final name until its bytes are complete and on disk.
+
+Every writer in bertprep (token store, shards, manifests, checkpoints) goes through here: write to
+a hidden temporary name in the destination directory, flush, fsync, then `os.replace`. A crash or
+an exception leaves only a `.tmp` file that never matches a final-name pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(final: Path) -> Path:
+    """The temporary sibling a file is written under before it is renamed to `final`."""
+    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable: fsync the directory entry (a no-op where the OS refuses)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(final: Path | str, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file that becomes `final` only if the block exits without an exception."""
+    final = Path(final)
+    tmp = temp_name(final)
+    f = open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Give a complete temporary file its final name (for writers that stream into `tmp`)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_json(final: Path | str, obj) -> None:
+    """Write `obj` as pretty, key-sorted JSON atomically (sorted so re-runs are byte-identical)."""
+    with atomic_write(final, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks so memory stays flat."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temporary files an interrupted run left in `directory`; returns how many."""
+    n = 0
+    for p in directory.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
