@@ -1,0 +1,82 @@
+"""The shard schema as data: format version, the column table and the token-id dtype rule.
+
+Every example is a row of fixed-width columns, so a reader slices a batch out of a memory map as
+(n, max_len) numpy arrays with no per-example Python objects. A change to anything here that
+alters the bytes must bump FORMAT_VERSION (tests/test_format.py holds golden bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bertprep.shards.errors import ShardFormatError
+
+FORMAT_NAME = "bertprep-shard"
+FORMAT_VERSION = 1
+METADATA_KEY = b"bertprep"
+
+# name -> (width: "max_len" | "max_predictions" | None for a scalar, dtype or "ids", meaning)
+COLUMNS: dict[str, tuple[str | None, str, str]] = {
+    "input_ids": ("max_len", "ids", "ids after masking, [PAD]-padded"),
+    "token_type_ids": ("max_len", "uint8", "0 for segment A, 1 for B, 0 on padding"),
+    "length": (None, "uint16", "real tokens including [CLS]/[SEP]"),
+    "masked_positions": ("max_predictions", "uint16", "positions chosen for prediction, ascending, 0-padded"),
+    "masked_ids": ("max_predictions", "ids", "original ids at those positions, 0-padded"),
+    "num_masked": (None, "uint16", "how many of the slots are real"),
+    "nsp_label": (None, "int8", "1 when B follows A, 0 when B is random (only with --nsp)"),
+}
+NSP_COLUMN = "nsp_label"
+
+# Keys every shard's metadata carries, so a shard describes itself.
+REQUIRED_META = (
+    "format", "format_version", "max_len", "max_predictions", "seed", "strategy", "mask_prob",
+    "whole_word", "nsp", "vocab_size", "id_dtype", "special_ids", "tokenizer_sha256", "label", "split",
+)
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """Token ids are uint16 while the vocab fits (<= 65536 ids), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def column_names(nsp: bool) -> list[str]:
+    return [c for c in COLUMNS if nsp or c != NSP_COLUMN]
+
+
+def column_spec(name: str, meta: dict) -> tuple[int | None, np.dtype]:
+    """(row width or None for a scalar column, numpy dtype) of a column under `meta`'s settings."""
+    width_key, dtype, _ = COLUMNS[name]
+    width = None if width_key is None else int(meta[width_key])
+    return width, (np.dtype(meta["id_dtype"]) if dtype == "ids" else np.dtype(dtype))
+
+
+def check_meta(meta: dict, where: str) -> dict:
+    """Refuse metadata of another format or version, or missing a required key."""
+    if meta.get("format") != FORMAT_NAME:
+        raise ShardFormatError(f"{where}: not a bertprep shard (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{where}: shard format version {version}, this bertprep reads version {FORMAT_VERSION}; "
+            "re-run `bertprep shard` with this version"
+        )
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ShardFormatError(f"{where}: shard metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def check_columns(columns: dict[str, np.ndarray], meta: dict, where: str) -> None:
+    """Check that a batch of columns has exactly the shapes and dtypes the metadata implies."""
+    names = column_names(bool(meta["nsp"]))
+    if sorted(columns) != sorted(names):
+        raise ShardFormatError(f"{where}: columns {sorted(columns)} differ from the schema's {sorted(names)}")
+    n = len(columns["length"])
+    for name in names:
+        width, dtype = column_spec(name, meta)
+        arr = columns[name]
+        shape = (n,) if width is None else (n, width)
+        if arr.shape != shape or arr.dtype != dtype:
+            raise ShardFormatError(
+                f"{where}: column {name} is {arr.dtype}{list(arr.shape)}, schema says {dtype}{list(shape)}"
+            )
