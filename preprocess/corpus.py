@@ -1,0 +1,222 @@
+"""Reading corpora: files of several layouts and compressions become one stream of paragraphs.
+
+`read_corpus(path, fmt, stats, on_bytes)` yields `str` paragraphs and `DOC_BREAK` between
+documents, in file order, holding no more than one block (4 MiB) of the file in memory:
+  text      a paragraph or sentence per line, blank lines between documents
+  wikitext  WikiText-103: ` = Title = ` starts a document, sub-headings dropped, @-@ escapes undone
+  jsonl     one JSON object per line; its `text` field is a document (its lines are paragraphs)
+  parquet   a `text` column; each row is a document
+`.gz`, `.bz2` and `.zst` files are decompressed on the fly. Invalid UTF-8 is replaced (U+FFFD) and
+counted, never fatal; a file with NUL bytes in its first block is refused as binary.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bertprep.preprocess import wikitext
+from bertprep.shards.errors import InputError
+
+DOC_BREAK = None
+FORMATS = ("auto", "text", "wikitext", "jsonl", "parquet")
+BLOCK = 4 << 20
+# A line longer than this is cut at a space: a 200 MB line without newline must not be held whole.
+MAX_LINE = 1 << 20
+
+
+@dataclass
+class ReadStats:
+    """What reading saw, reported in the token store's manifest."""
+
+    bytes_read: int = 0
+    invalid_utf8: int = 0  # byte sequences replaced by U+FFFD
+    lines_cut: int = 0      # over-long lines cut at MAX_LINE
+
+
+def _compression(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix, kind in ((".gz", "gzip"), (".bz2", "bz2"), (".zst", "zstd"), (".zstd", "zstd")):
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def base_name(path: Path) -> str:
+    """The file name without its compression suffix (`wiki.train.tokens.gz` -> `wiki.train.tokens`)."""
+    name = path.name
+    return name.rsplit(".", 1)[0] if _compression(path) else name
+
+
+def check_input(path: Path) -> None:
+    """Refuse what cannot be a corpus before any work starts: one clear line each."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; name the corpus files in it")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _open_binary(path: Path, raw: io.BufferedReader):
+    kind = _compression(path)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw)
+    if kind == "bz2":
+        return bz2.BZ2File(raw)
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw)
+    return raw
+
+
+def _decode(block: bytes, stats: ReadStats) -> str:
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = block.decode("utf-8", errors="replace")
+        stats.invalid_utf8 += text.count("\ufffd") - block.count("\ufffd".encode())
+        return text
+
+
+def iter_lines(path: Path, stats: ReadStats, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Decoded lines without their line ends (`\\n`, `\\r\\n`), in bounded memory."""
+    raw = open(path, "rb")
+    try:
+        stream = _open_binary(path, raw)
+        rest = b""
+        first = True
+        last_pos = 0
+        while True:
+            try:
+                block = stream.read(BLOCK)
+            except (OSError, EOFError, ValueError) as e:  # corrupt gzip/bz2/zstd data
+                raise InputError(f"{path}: cannot decompress ({e})") from None
+            pos = raw.tell()
+            if on_bytes and pos != last_pos:
+                on_bytes(pos - last_pos)
+                last_pos = pos
+            if first:
+                if b"\0" in block[:8192]:
+                    raise InputError(f"{path}: looks like a binary file (NUL bytes), not text")
+                first = False
+            if not block:
+                break
+            stats.bytes_read += len(block)
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                if len(data) <= MAX_LINE:
+                    rest = data
+                    continue
+                cut = data.rfind(b" ", 0, MAX_LINE)
+                cut = cut if cut > 0 else MAX_LINE
+                stats.lines_cut += 1
+                while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # never inside a UTF-8 sequence
+                    cut += 1
+            rest = data[cut + 1:] if data[cut:cut + 1] in (b"\n", b" ") else data[cut:]
+            for line in _decode(data[:cut], stats).split("\n"):
+                yield line.rstrip("\r")
+        if rest:
+            for line in _decode(rest, stats).split("\n"):
+                yield line.rstrip("\r")
+    finally:
+        raw.close()
+
+
+def detect_format(path: Path) -> str:
+    """`auto` resolved: by suffix for jsonl/parquet, by the first lines for WikiText, else text."""
+    name = base_name(path).lower()
+    if name.endswith(".jsonl") or name.endswith(".ndjson"):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    head = []
+    for line in iter_lines(path, ReadStats()):
+        head.append(line)
+        if len(head) >= 200:
+            break
+    return "wikitext" if wikitext.looks_like_wikitext(head) else "text"
+
+
+def _text_paragraphs(lines: Iterator[str]) -> Iterator[str | None]:
+    for line in lines:
+        line = line.strip()
+        yield line if line else DOC_BREAK
+
+
+def _wikitext_paragraphs(lines: Iterator[str]) -> Iterator[str | None]:
+    for line in lines:
+        if not line.strip():
+            continue  # WikiText puts blank lines around every heading and paragraph
+        if wikitext.is_title(line):
+            yield DOC_BREAK
+        elif not wikitext.is_subheading(line):
+            yield wikitext.unescape(line).strip()
+
+
+def _jsonl_paragraphs(path: Path, lines: Iterator[str]) -> Iterator[str | None]:
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise InputError(f"{path}:{n}: no string field 'text' in this JSON line")
+        yield DOC_BREAK
+        for para in text.split("\n"):
+            if para.strip():
+                yield para.strip()
+
+
+def _parquet_paragraphs(path: Path, stats: ReadStats, on_bytes) -> Iterator[str | None]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise InputError(f"{path}: not a readable parquet file ({e.__class__.__name__})") from None
+    if "text" not in pf.schema_arrow.names:
+        raise InputError(f"{path}: parquet file has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+    for i in range(pf.num_row_groups):
+        table = pf.read_row_group(i, columns=["text"])
+        if on_bytes:
+            on_bytes(pf.metadata.row_group(i).total_byte_size)
+        for text in table.column("text").to_pylist():
+            if not isinstance(text, str):
+                continue
+            stats.bytes_read += len(text)
+            yield DOC_BREAK
+            for para in text.split("\n"):
+                if para.strip():
+                    yield para.strip()
+
+
+def read_corpus(path: Path, fmt: str, stats: ReadStats,
+                on_bytes: Callable[[int], None] | None = None) -> Iterator[str | None]:
+    """Paragraphs of one input file, with DOC_BREAK between documents (and before the first)."""
+    if fmt == "auto":
+        fmt = detect_format(path)
+    yield DOC_BREAK  # files never share a document
+    if fmt == "parquet":
+        yield from _parquet_paragraphs(path, stats, on_bytes)
+        return
+    lines = iter_lines(path, stats, on_bytes)
+    if fmt == "wikitext":
+        yield from _wikitext_paragraphs(lines)
+    elif fmt == "jsonl":
+        yield from _jsonl_paragraphs(path, lines)
+    else:
+        yield from _text_paragraphs(lines)

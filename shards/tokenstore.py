@@ -1,0 +1,171 @@
+"""The token store: a corpus as WordPiece ids with sentence and document boundaries, memory-mappable.
+
+A token store is a directory (default `tokens/`) holding
+  ids.bin         every token id of the corpus, in order, little-endian uint16 (uint32 for vocabs
+                  over 65536 ids); special tokens are never stored
+  sentences.bin   int64 offsets into ids: sentence s is ids[sentences[s]:sentences[s+1]] (S+1 values)
+  documents.bin   int64 offsets into sentences: document d is sentences documents[d]..documents[d+1]
+  tokenizer.json  the tokenizer that made the ids (HuggingFace `tokenizers` format), vocab.txt beside it
+  manifest.json   format, version, inputs, options, counts and a sha256 per data file; written last
+Empty sentences and documents are never stored, so every document has >= 1 sentence of >= 1 token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertprep.shards.atomic import publish, sha256_file, temp_name, write_json
+from bertprep.shards.errors import ChecksumError, InputError, ShardFormatError
+from bertprep.shards.schema import id_dtype
+
+FORMAT_NAME = "bertprep-tokens"
+FORMAT_VERSION = 1
+DATA_FILES = ("ids.bin", "sentences.bin", "documents.bin")
+MANIFEST = "manifest.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+OFFSET_DTYPE = np.dtype("<i8")
+
+
+class TokenStoreWriter:
+    """Streams batches of tokenized sentences to temporary files; `close()` publishes them and the
+    manifest (last). Memory stays flat: nothing but the current batch is held."""
+
+    def __init__(self, directory: Path, vocab_size: int):
+        self.directory = Path(directory)
+        self.dtype = id_dtype(vocab_size).newbyteorder("<")
+        self._tmp = {name: temp_name(self.directory / name) for name in DATA_FILES}
+        self._files = {name: open(path, "wb") for name, path in self._tmp.items()}
+        self.num_tokens = 0
+        self.num_sentences = 0
+        self.num_documents = 0
+        self._files["sentences.bin"].write(np.zeros(1, OFFSET_DTYPE).tobytes())
+        self._files["documents.bin"].write(np.zeros(1, OFFSET_DTYPE).tobytes())
+        self._pending_start = False
+
+    def append(self, ids: np.ndarray, sentence_lengths: np.ndarray, starts_document: np.ndarray) -> None:
+        """Add sentences: their ids concatenated, their token counts, and whether each opens a new
+        document. Empty sentences are dropped; a document start they carry moves to the next kept one."""
+        lengths = np.asarray(sentence_lengths, dtype=np.int64)
+        starts = np.asarray(starts_document, dtype=bool)
+        kept = np.flatnonzero(lengths > 0)
+        # starts seen since the previous kept sentence (inclusive of this one), plus any carried in
+        seen = np.concatenate([[0], np.cumsum(starts)])
+        since_prev = seen[kept + 1] - seen[np.concatenate([[0], kept[:-1] + 1])]
+        doc_starts = since_prev > 0
+        if len(kept):
+            doc_starts[0] |= self._pending_start or self.num_sentences == 0
+            self._pending_start = bool(starts[kept[-1] + 1:].any())
+        else:
+            self._pending_start = self._pending_start or bool(starts.any())
+            return
+        lengths = lengths[kept]
+        self._files["ids.bin"].write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
+        offsets = self.num_tokens + np.cumsum(lengths)
+        self._files["sentences.bin"].write(offsets.astype(OFFSET_DTYPE).tobytes())
+        # documents.bin holds each document's end; a new document's start closes the previous one.
+        sent_index = self.num_sentences + np.arange(len(lengths))
+        closing = sent_index[doc_starts]
+        self._files["documents.bin"].write(closing[closing > 0].astype(OFFSET_DTYPE).tobytes())
+        self.num_documents += int(doc_starts.sum())
+        self.num_tokens = int(offsets[-1])
+        self.num_sentences += len(lengths)
+
+    def close(self, manifest: dict) -> dict:
+        """Close the last document, publish the data files, then the manifest. Returns the manifest."""
+        if self.num_sentences:
+            self._files["documents.bin"].write(np.asarray([self.num_sentences], OFFSET_DTYPE).tobytes())
+        for f in self._files.values():
+            f.close()
+        checksums = {}
+        for name, tmp in self._tmp.items():
+            checksums[name] = sha256_file(tmp)
+            publish(tmp, self.directory / name)
+        manifest = dict(manifest, format=FORMAT_NAME, format_version=FORMAT_VERSION,
+                        id_dtype=self.dtype.name, files=checksums,
+                        counts=dict(manifest.get("counts", {}), tokens=self.num_tokens,
+                                    sentences=self.num_sentences, documents=self.num_documents))
+        write_json(self.directory / MANIFEST, manifest)
+        return manifest
+
+    def discard(self) -> None:
+        for f in self._files.values():
+            f.close()
+        for tmp in self._tmp.values():
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class TokenStore:
+    """An opened token store: memory-mapped arrays plus its manifest."""
+
+    directory: Path
+    manifest: dict
+    ids: np.ndarray          # (T,) uint16/uint32
+    sent_offsets: np.ndarray  # (S+1,) int64
+    doc_offsets: np.ndarray   # (D+1,) int64, indices into sent_offsets
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / "tokenizer.json"
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise InputError(f"{directory}: no token store here (run `bertprep tokenize CORPUS --out {directory}` first)")
+    if not path.exists():
+        raise InputError(f"{path}: missing; {directory} is not a complete token store (re-run bertprep tokenize)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ShardFormatError(f"{path}: not a bertprep token store manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardFormatError(f"{path}: token store version {manifest.get('format_version')}, "
+                               f"this bertprep reads {FORMAT_VERSION}; re-run bertprep tokenize")
+    return manifest
+
+
+def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
+    """Open and check a token store: manifest, checksums (when `verify`), and array consistency."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name in DATA_FILES + TOKENIZER_FILES[:1]:
+        if not (directory / name).is_file():
+            raise InputError(f"{directory / name}: missing from the token store (re-run bertprep tokenize)")
+    if verify:
+        for name, expected in manifest["files"].items():
+            if name not in DATA_FILES:
+                raise ShardFormatError(f"{directory / MANIFEST}: lists unexpected file {name!r}")
+            actual = sha256_file(directory / name)
+            if actual != expected:
+                raise ChecksumError(f"{directory / name}: sha256 mismatch (manifest {expected[:12]}…, "
+                                    f"file {actual[:12]}…); re-run bertprep tokenize")
+        tok_sha = sha256_file(directory / "tokenizer.json")
+        if tok_sha != manifest["tokenizer"]["sha256"]:
+            raise ChecksumError(f"{directory / 'tokenizer.json'}: sha256 differs from the manifest's; re-run bertprep tokenize")
+
+    def mapped(name: str, dtype) -> np.ndarray:
+        path = directory / name
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    ids = mapped("ids.bin", np.dtype(manifest["id_dtype"]).newbyteorder("<"))
+    sents = mapped("sentences.bin", OFFSET_DTYPE)
+    docs = mapped("documents.bin", OFFSET_DTYPE)
+    counts = manifest["counts"]
+    if (len(ids), len(sents) - 1, len(docs) - 1) != (counts["tokens"], counts["sentences"], counts["documents"]):
+        raise ShardFormatError(f"{directory}: array sizes disagree with the manifest's counts; re-run bertprep tokenize")
+    if len(sents) and (sents[-1] != len(ids) or (len(docs) and docs[-1] != len(sents) - 1)):
+        raise ShardFormatError(f"{directory}: offsets do not end at the data's end; re-run bertprep tokenize")
+    return TokenStore(directory, manifest, ids, sents, docs)
