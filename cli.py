@@ -71,6 +71,99 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
     )
 
 
+@cli.command()
+@click.option("--tokens", type=click.Path(path_type=Path), default=Path("tokens"), show_default=True,
+              help="Token store written by `bertprep tokenize`.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), show_default=True,
+              help="Directory for the shard files and the run's manifest.")
+@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Seeds document splits, packing and masking.")
+@click.option("--strategy", type=click.Choice(["segment", "split"]), default="segment", show_default=True,
+              help="segment: whole sentences of one document, as google-research/bert; split: contiguous "
+              "windows of exactly max-len - 2 tokens (no padding).")
+@click.option("--short-seq-prob", type=float, default=0.1, show_default=True,
+              help="Share of segment-strategy examples given a random shorter target length.")
+@click.option("--nsp", is_flag=True, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
+@click.option("--mask-prob", type=float, default=0.15, show_default=True, help="Share of tokens chosen for prediction.")
+@click.option("--max-predictions", type=int, help="Prediction slots per example [default: round(max-len * mask-prob)].")
+@click.option("--whole-word", is_flag=True, help="Choose whole words (a token and its ## pieces) together.")
+@click.option("--dupe-factor", type=int, default=1, show_default=True, help="Write N differently masked copies.")
+@click.option("--split", "split_", default="0.98,0.01,0.01", show_default=True,
+              help="Fractions of documents for train,val,test.")
+@click.option("--format", "fmt", type=click.Choice(["arrow", "msgpack"]), default="arrow", show_default=True,
+              help="arrow: uncompressed Arrow IPC, memory-mapped by the trainer; msgpack: msgpack records, zstd-compressed.")
+@click.option("--examples-per-shard", type=int, default=65536, show_default=True, help="Examples per part file.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Worker processes; 0 = all cores. "
+              "Output is byte-identical for any value.")
+@click.option("--overwrite", is_flag=True, help="Replace shards of other settings found in --out.")
+def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, max_predictions, whole_word,
+          dupe_factor, split_, fmt, examples_per_shard, workers, overwrite):
+    """Cut a token store into fixed-length, pre-masked MLM (and NSP) examples in shard files.
+
+    Writes {split}_{label}_{maxlen}_{seed}_{part}.arrow files for the train, val and test splits
+    (documents never cross splits) and {label}_{maxlen}_{seed}.manifest.json last.
+
+    Example: bertprep shard --max-len 128 --seed 123
+    """
+    from bertprep.preprocess.sharding import ShardConfig, run_shard
+
+    cfg = ShardConfig(tokens=tokens, out=out, max_len=max_len, seed=seed, strategy=strategy,
+                      short_seq_prob=short_seq_prob, nsp=nsp, mask_prob=mask_prob, max_predictions=max_predictions,
+                      whole_word=whole_word, dupe_factor=dupe_factor, split=split_, fmt=fmt,
+                      examples_per_shard=examples_per_shard, workers=workers, overwrite=overwrite)
+    result = run_shard(cfg)
+    m = result["manifest"]
+    per_split = ", ".join(f"{k} {v['examples']:,}" for k, v in m["splits"].items())
+    click.echo(f"sharded: {per_split} examples in {len(m['files'])} files; mask rate {m['mask_rate']:.4f}, "
+               f"padding {100 * m['padding_fraction']:.1f}%; {result['seconds']:.1f}s = "
+               f"{result['examples_per_s']:,.0f} examples/s -> {out}/")
+    for split in m["empty_splits"]:
+        click.echo(f"warning: split '{split}' got no examples (too few documents for --split {split_}); "
+                   "no file written for it", err=True)
+
+
+@cli.command()
+@click.argument("shard_file", type=click.Path(path_type=Path))
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples to print.")
+@click.option("--start", type=int, default=0, show_default=True, help="Index of the first example.")
+@click.option("--vocab", type=click.Path(path_type=Path),
+              help="vocab.txt to decode with [default: the token store the shards were made from].")
+def inspect(shard_file, count, start, vocab):
+    """Print decoded examples of SHARD_FILE: the masked input, segments A/B, targets and NSP label.
+
+    In the input, [MASK] is a masked target, «word» a target left unchanged and «word?» a target
+    replaced by a random token.
+    """
+    from bertprep.shards.reader import open_shard
+    from bertprep.shards.render import find_vocab, render_example
+
+    s = open_shard(shard_file)
+    words = find_vocab(shard_file, s.meta, vocab)
+    m = s.meta
+    click.echo(f"{shard_file}: {s.num_examples:,} examples, max_len {m['max_len']}, strategy {m['strategy']}, "
+               f"mask_prob {m['mask_prob']}, whole_word {m['whole_word']}, nsp {m['nsp']}, seed {m['seed']}, "
+               f"split {m['split']}")
+    if words is None:
+        click.echo("note: no matching vocab found (pass --vocab tokens/vocab.txt); showing ids", err=True)
+    stop = min(start + count, s.num_examples)
+    rows = s.slice(start, stop)
+    for i in range(stop - start):
+        click.echo(render_example({k: v[i] for k, v in rows.items()}, m, words, start + i))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def verify(paths):
+    """Re-check shard files, manifests or directories of them: checksums, schema and value ranges.
+
+    Exits 2 naming the first bad file.
+    """
+    from bertprep.shards.verify import verify_paths
+
+    r = verify_paths(list(paths))
+    click.echo(f"ok: {r['files']} files, {r['examples']:,} examples verified")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the click group, mapping our errors to one line and exit 2."""
     try:

@@ -1,0 +1,41 @@
+"""Shared fixtures: the small real corpora in tests/data, and a token store made from one of them
+once per session (a vocab trained on a 165 KB slice of the Python docs)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bertprep.cli import main
+
+DATA = Path(__file__).parent / "data"
+WIKI = DATA / "pydocs.wiki.tokens"
+PLAIN = DATA / "shakespeare.txt"
+
+
+def run_cli(args: list[str], capsys=None) -> int:
+    """Run `bertprep ARGS` in-process; returns the exit code (0 when it returns normally)."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def token_store(tmp_path_factory) -> Path:
+    """A token store of tests/data/pydocs.wiki.tokens with a 2000-piece trained vocab."""
+    out = tmp_path_factory.mktemp("tokens") / "tokens"
+    code = run_cli(["tokenize", WIKI, "--out", out, "--vocab-size", "2000"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def token_store_copy(token_store, tmp_path) -> Path:
+    """A private copy of the session token store, for tests that damage it."""
+    dst = tmp_path / "tokens"
+    shutil.copytree(token_store, dst)
+    return dst
