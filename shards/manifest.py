@@ -1,0 +1,45 @@
+"""The manifest of a shard run, `{label}_{maxlen}_{seed}.manifest.json`: written last, it lists every
+file with its example count and sha256, the options, and statistics. A run without its manifest is
+incomplete. Readers trust no path in it: entries must be plain shard file names in its directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bertprep.shards.atomic import write_json
+from bertprep.shards.errors import ShardFormatError
+from bertprep.shards.naming import parse_shard_name
+
+FORMAT_NAME = "bertprep-shard-manifest"
+FORMAT_VERSION = 1
+
+
+def write_manifest(path: Path, body: dict) -> dict:
+    manifest = dict(body, format=FORMAT_NAME, format_version=FORMAT_VERSION)
+    write_json(path, manifest)
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardFormatError(f"{path}: no such manifest") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ShardFormatError(f"{path}: not a bertprep shard manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardFormatError(f"{path}: manifest version {manifest.get('format_version')}, "
+                               f"this bertprep reads {FORMAT_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise ShardFormatError(f"{path}: manifest has no file list")
+    for entry in files:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        # Only bare shard names: '../outside' or '/etc/passwd' must never be opened through a manifest.
+        if not isinstance(name, str) or Path(name).name != name or parse_shard_name(name) is None:
+            raise ShardFormatError(f"{path}: refuses file entry {name!r} (not a shard file name in this directory)")
+    return manifest
