@@ -29,7 +29,9 @@ from bertprep.shards.atomic import remove_stale_temps
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
 
-BATCH_SENTENCES = 8192
+BATCH_SENTENCES = 16384
+GROUP_SENTENCES = 32
+SENTENCE_END = " [SEP] "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,29 +62,76 @@ class TokenizeConfig:
 
 @dataclass
 class SentenceBatch:
-    sentences: list[str]
-    starts_document: list[bool]
+    """Groups of consecutive sentences of one document, each group one string for the encoder."""
+
+    texts: list[str]
+    starts_document: list[bool]  # per group: its first sentence opens a document
 
 
 def iter_sentence_batches(paths: list[tuple[Path, str]], stats: ReadStats, on_bytes=None,
                           size: int = BATCH_SENTENCES) -> Iterator[SentenceBatch]:
-    """Sentences of all inputs in order, in batches, each flagged when it opens a document."""
+    """All inputs' sentences in order, in batches of about `size` sentences.
+
+    The encoder's cost is mostly per item, not per character, so sentences are not encoded one by
+    one: up to GROUP_SENTENCES consecutive sentences of a document form one string in which each
+    sentence ends with ` [SEP] `. `[SEP]` is a special token that the tokenizer splits out before
+    normalizing, and sentences meet at whitespace, so every sentence gets exactly the ids it would
+    get alone; `encode_batch` then cuts them apart at the [SEP] ids in numpy.
+    """
     batch = SentenceBatch([], [])
+    group: list[str] = []
+    group_starts = False
+    n_sentences = 0
     new_doc = True
+
+    def close_group():
+        nonlocal group, group_starts
+        if group:
+            batch.texts.append(SENTENCE_END.join(group) + SENTENCE_END)
+            batch.starts_document.append(group_starts)
+            group, group_starts = [], False
+
     for path, fmt in paths:
         for para in read_corpus(path, fmt, stats, on_bytes):
             if para is DOC_BREAK:
+                close_group()
                 new_doc = True
                 continue
             for sentence in split_sentences(para):
-                batch.sentences.append(sentence)
-                batch.starts_document.append(new_doc)
+                if not group:
+                    group_starts = new_doc
+                group.append(sentence)
                 new_doc = False
-            if len(batch.sentences) >= size:
+                n_sentences += 1
+                if len(group) >= GROUP_SENTENCES:
+                    close_group()
+            if n_sentences >= size:
+                close_group()
                 yield batch
-                batch = SentenceBatch([], [])
-    if batch.sentences:
+                batch, n_sentences = SentenceBatch([], []), 0
+    close_group()
+    if batch.texts:
         yield batch
+
+
+def encode_batch(tok, batch: SentenceBatch, special: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids without specials, tokens per sentence, sentence opens a document) for one batch."""
+    id_lists = [e.ids for e in tok.encode_batch_fast(batch.texts, add_special_tokens=False)]
+    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum()))
+    # Special-token strings written in the text itself ([CLS], [MASK], [PAD]) are not text: drop them.
+    drop = (ids == special["cls"]) | (ids == special["mask"]) | (ids == special["pad"])
+    if drop.any():
+        ids = ids[~drop]
+    ends = np.flatnonzero(ids == special["sep"])  # every sentence ends with one (a literal [SEP] splits one)
+    lengths = np.diff(np.concatenate([[-1], ends])) - 1
+    # The first sentence of each group carries the group's document flag.
+    sep_per_group = np.fromiter((lst.count(special["sep"]) for lst in id_lists), dtype=np.int64, count=len(id_lists))
+    first = np.concatenate([[0], np.cumsum(sep_per_group)[:-1]])
+    starts = np.zeros(len(ends), dtype=bool)
+    has = sep_per_group > 0
+    starts[first[has]] = np.asarray(batch.starts_document, dtype=bool)[has]
+    return np.delete(ids, ends), lengths, starts
 
 
 def _in_background(gen: Iterator, depth: int = 3) -> Iterator:
@@ -207,12 +256,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     try:
         with _progress(total_bytes, cfg.progress, "tokenizing") as bar:
             for batch in _in_background(iter_sentence_batches(resolved, stats, bar.update)):
-                encodings = tok.encode_batch_fast(batch.sentences, add_special_tokens=False)
-                id_lists = [e.ids for e in encodings]
-                lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-                ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
+                ids, lengths, starts = encode_batch(tok, batch, specials)
                 unk += int(np.count_nonzero(ids == specials["unk"]))
-                writer.append(ids, lengths, np.asarray(batch.starts_document))
+                writer.append(ids, lengths, starts)
         if writer.num_tokens == 0:
             raise InputError(f"{cfg.inputs[0]}: the corpus holds no text to tokenize")
         manifest = writer.close({
