@@ -1,0 +1,329 @@
+"""`bertprep shard`: a token store -> fixed-length, pre-masked MLM (and NSP) examples in shard files.
+
+Documents are divided into train/val/test, each split into chunks of ~CHUNK_TOKENS tokens whose
+boundaries depend only on the data. Each (dupe, chunk) task packs and masks its documents with a
+generator seeded by its position (`seeding.rng_for`), so worker processes may run tasks in any
+order; results are written strictly in task order, rolling over to a new part file every
+`--examples-per-shard` examples. Files get final names only when complete; the manifest goes last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from bertprep.preprocess.masking import MaskConfig, mask_batch
+from bertprep.preprocess.packing import PackConfig, SpecialIds, pack_documents
+from bertprep.preprocess.seeding import STAGE_EXAMPLES, rng_for
+from bertprep.preprocess.splits import assign_documents, chunk_documents, parse_split
+from bertprep.shards import naming, schema
+from bertprep.shards.arrow_ipc import ArrowShardWriter
+from bertprep.shards.atomic import remove_stale_temps
+from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.manifest import read_manifest, write_manifest
+from bertprep.shards.msgpack_zstd import MsgpackShardWriter
+from bertprep.shards.tokenstore import TokenStore, open_token_store
+
+CHUNK_TOKENS = 1 << 18
+LOCK_NAME = ".bertprep.lock"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    tokens: Path = Path("tokens")         # --tokens
+    out: Path = Path("shards")            # --out
+    max_len: int = 128                    # --max-len
+    seed: int = 12345                     # --seed
+    strategy: str = "segment"             # --strategy
+    short_seq_prob: float = 0.1           # --short-seq-prob
+    nsp: bool = False                     # --nsp
+    mask_prob: float = 0.15               # --mask-prob
+    max_predictions: int | None = None    # --max-predictions (default round(max_len * mask_prob))
+    whole_word: bool = False              # --whole-word
+    dupe_factor: int = 1                  # --dupe-factor
+    split: str = "0.98,0.01,0.01"         # --split
+    fmt: str = "arrow"                    # --format
+    examples_per_shard: int = 65536       # --examples-per-shard
+    workers: int = 0                      # --workers (0 = all cores)
+    overwrite: bool = False               # --overwrite
+    progress: bool = True
+    fractions: tuple = field(init=False)
+
+    def __post_init__(self):
+        if not 8 <= self.max_len <= 4096:
+            raise ConfigError(f"--max-len must be between 8 and 4096, got {self.max_len}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.strategy not in ("segment", "split"):
+            raise ConfigError(f"--strategy must be segment or split, got {self.strategy!r}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ConfigError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
+        if self.max_predictions is not None and not 1 <= self.max_predictions <= self.max_len:
+            raise ConfigError(f"--max-predictions must be between 1 and --max-len ({self.max_len}), got {self.max_predictions}")
+        if self.dupe_factor < 1:
+            raise ConfigError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.fmt not in naming.SUFFIXES:
+            raise ConfigError(f"--format must be arrow or msgpack, got {self.fmt!r}")
+        if self.examples_per_shard < 1:
+            raise ConfigError(f"--examples-per-shard must be >= 1, got {self.examples_per_shard}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        object.__setattr__(self, "fractions", parse_split(self.split))
+
+    @property
+    def predictions(self) -> int:
+        return self.max_predictions or max(1, int(round(self.max_len * self.mask_prob)))
+
+    def options(self) -> dict:
+        """The settings that define the bytes of a run (not where or how fast it runs)."""
+        return {"max_len": self.max_len, "seed": self.seed, "strategy": self.strategy,
+                "short_seq_prob": self.short_seq_prob, "nsp": self.nsp, "mask_prob": self.mask_prob,
+                "max_predictions": self.predictions, "whole_word": self.whole_word,
+                "dupe_factor": self.dupe_factor, "split": list(self.fractions), "format": self.fmt,
+                "examples_per_shard": self.examples_per_shard}
+
+
+# ---- work done in worker processes: one (split, dupe, chunk) task at a time -------------------
+
+_STORE: TokenStore | None = None
+
+
+def _worker_init(tokens_dir: str) -> None:
+    global _STORE  # one memory-mapped store per worker process, opened once (checked by the parent)
+    _STORE = open_token_store(tokens_dir, verify=False)
+
+
+def vocab_tables(vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """is_special (bracketed control tokens like [CLS]) and is_continuation (`##` pieces) per id."""
+    is_special = np.fromiter((t.startswith("[") and t.endswith("]") and len(t) > 2 for t in vocab), bool, len(vocab))
+    is_cont = np.fromiter((t.startswith("##") and len(t) > 2 for t in vocab), bool, len(vocab))
+    return is_special, is_cont
+
+
+def make_examples(store: TokenStore, docs: np.ndarray, pool: np.ndarray, rng: np.random.Generator, *,
+                  pack: PackConfig, mask: MaskConfig, special: SpecialIds, is_special: np.ndarray,
+                  is_cont: np.ndarray) -> dict[str, np.ndarray]:
+    """Pack then mask one chunk of documents: the columns of its examples."""
+    packed = pack_documents(store.ids, store.sent_offsets, store.doc_offsets, docs, cfg=pack,
+                            special=special, rng=rng, random_doc_pool=pool)
+    masked = mask_batch(packed.input_ids, packed.length, cfg=mask, mask_id=special.mask,
+                        is_special=is_special, is_continuation=is_cont, rng=rng)
+    columns = {
+        "input_ids": masked.input_ids, "token_type_ids": packed.token_type_ids,
+        "length": packed.length.astype(np.uint16), "masked_positions": masked.masked_positions,
+        "masked_ids": masked.masked_ids, "num_masked": masked.num_masked,
+    }
+    if pack.nsp:
+        columns["nsp_label"] = packed.nsp_label.astype(np.int8)
+    return columns
+
+
+def _run_task(args) -> dict[str, np.ndarray]:
+    docs, pool, seed_position, settings = args
+    return make_examples(_STORE, docs, pool, rng_for(*seed_position), **settings)
+
+
+# ---- the run, in the parent process -----------------------------------------------------------
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One shard run per output directory at a time (the kernel drops the lock if we die)."""
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(f"{out}: another bertprep shard run is writing here; wait for it or use another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _prepare_out(cfg: ShardConfig, label: str, run: dict) -> None:
+    """Refuse an output directory holding shards of other settings, unless --overwrite; then clear
+    this run's old files (by the name grammar only: never anything else in the folder)."""
+    out = cfg.out
+    own = naming.manifest_name(label, cfg.max_len, cfg.seed)
+    others = []
+    for p in sorted(out.iterdir()):
+        if naming.is_manifest_name(p):
+            if p.name == own:
+                try:
+                    same = read_manifest(p).get("run") == run
+                except Exception:
+                    same = False
+                if not same:
+                    others.append(p.name)
+            else:
+                others.append(p.name)
+        elif naming.is_shard_name(p):
+            sn = naming.parse_shard_name(p)
+            if (sn.label, sn.max_len, sn.seed) != (label, cfg.max_len, cfg.seed):
+                others.append(p.name)
+    if others and not cfg.overwrite:
+        raise InputError(f"{out}: holds shards of other settings ({others[0]}{' ...' if len(others) > 1 else ''}); "
+                         "pass --overwrite to replace them or choose another --out")
+    (out / own).unlink(missing_ok=True)  # first, so an interrupted re-run never looks complete
+    for p in out.iterdir():
+        if naming.is_shard_name(p) or (cfg.overwrite and naming.is_manifest_name(p)):
+            p.unlink()
+    remove_stale_temps(out)
+
+
+class _PartWriter:
+    """Writes one split's examples into numbered part files of at most `per_shard` examples."""
+
+    def __init__(self, cfg: ShardConfig, split: str, label: str, meta: dict):
+        self.cfg, self.split, self.label = cfg, split, label
+        self.meta = dict(meta, split=split)
+        self.files: list[dict] = []
+        self._writer = None
+
+    def _open(self):
+        name = naming.ShardName(self.split, self.label, self.cfg.max_len, self.cfg.seed, len(self.files), self.cfg.fmt)
+        cls = ArrowShardWriter if self.cfg.fmt == "arrow" else MsgpackShardWriter
+        self._writer = cls(self.cfg.out / name.filename, self.meta)
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        n, start = len(columns["length"]), 0
+        while start < n:
+            if self._writer is None:
+                self._open()
+            take = min(n - start, self.cfg.examples_per_shard - self._writer.num_examples)
+            self._writer.write({k: v[start:start + take] for k, v in columns.items()})
+            start += take
+            if self._writer.num_examples >= self.cfg.examples_per_shard:
+                self._finish()
+
+    def _finish(self):
+        w, self._writer = self._writer, None
+        sha = w.close()
+        self.files.append({"name": w.path.name, "split": self.split, "examples": w.num_examples, "sha256": sha})
+
+    def close(self) -> list[dict]:
+        if self._writer is not None:
+            self._finish()
+        return self.files
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+
+
+def _ordered_results(tasks: list, workers: int, tokens_dir: Path) -> Iterator[dict]:
+    """Task results in task order; at most 2 x workers in flight, so memory stays bounded."""
+    if workers <= 1:
+        _worker_init(str(tokens_dir))
+        for t in tasks:
+            yield _run_task(t)
+        return
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(str(tokens_dir),)) as ex:
+        pending = []
+        it = iter(tasks)
+        for t in it:
+            pending.append(ex.submit(_run_task, t))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.pop(0).result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(_run_task, nxt))
+            yield result
+
+
+def run_shard(cfg: ShardConfig) -> dict:
+    """Write the shards of `cfg` and their manifest; returns the manifest plus timing."""
+    t0 = time.perf_counter()
+    store = open_token_store(cfg.tokens, verify=True)
+    tok_meta = store.manifest["tokenizer"]
+    label = store.manifest["label"]
+    vocab = (cfg.tokens / "vocab.txt").read_text(encoding="utf-8").split("\n")[:tok_meta["vocab_size"]]
+    if len(vocab) != tok_meta["vocab_size"]:
+        raise InputError(f"{cfg.tokens / 'vocab.txt'}: has {len(vocab)} tokens, manifest says {tok_meta['vocab_size']}")
+    is_special, is_cont = vocab_tables(vocab)
+    sp = tok_meta["special_ids"]
+    special = SpecialIds(pad=sp["pad"], unk=sp["unk"], cls=sp["cls"], sep=sp["sep"], mask=sp["mask"])
+    pack = PackConfig(max_len=cfg.max_len, strategy=cfg.strategy, short_seq_prob=cfg.short_seq_prob, nsp=cfg.nsp)
+    mask = MaskConfig(max_predictions=cfg.predictions, mask_prob=cfg.mask_prob, whole_word=cfg.whole_word)
+    settings = dict(pack=pack, mask=mask, special=special, is_special=is_special, is_cont=is_cont)
+    run = {"options": cfg.options(), "tokens": {"label": label, "files": store.manifest["files"],
+                                                "tokenizer_sha256": tok_meta["sha256"]}}
+    meta = {"format": schema.FORMAT_NAME, "format_version": schema.FORMAT_VERSION, "max_len": cfg.max_len,
+            "max_predictions": cfg.predictions, "seed": cfg.seed, "strategy": cfg.strategy,
+            "mask_prob": cfg.mask_prob, "whole_word": cfg.whole_word, "nsp": cfg.nsp,
+            "short_seq_prob": cfg.short_seq_prob, "dupe_factor": cfg.dupe_factor,
+            "vocab_size": tok_meta["vocab_size"], "id_dtype": schema.id_dtype(tok_meta["vocab_size"]).name,
+            "special_ids": sp, "tokenizer_sha256": tok_meta["sha256"], "label": label}
+
+    doc_tokens = store.sent_offsets[store.doc_offsets[1:]] - store.sent_offsets[store.doc_offsets[:-1]]
+    splits = assign_documents(store.num_documents, cfg.fractions, cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    workers = cfg.workers or os.cpu_count() or 1
+    stats = {}
+    files: list[dict] = []
+    empty = []
+    with _lock(cfg.out):
+        _prepare_out(cfg, label, run)
+        from tqdm import tqdm
+
+        total_tokens = int(doc_tokens.sum()) * cfg.dupe_factor
+        bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="sharding", leave=False,
+                   disable=not (cfg.progress and sys.stderr.isatty()))
+        try:
+            for split_index, split in enumerate(naming.SPLITS):
+                docs = splits[split]
+                chunks = chunk_documents(docs, doc_tokens, CHUNK_TOKENS)
+                tasks = [(c, docs, (cfg.seed, STAGE_EXAMPLES, split_index, ci, dupe), settings)
+                         for dupe in range(cfg.dupe_factor) for ci, c in enumerate(chunks)]
+                writer = _PartWriter(cfg, split, label, meta)
+                s = {"documents": int(len(docs)), "examples": 0, "tokens": 0, "real_tokens": 0,
+                     "masked": 0, "candidates": 0}
+                try:
+                    for (chunk, *_), columns in zip(tasks, _ordered_results(tasks, workers, cfg.tokens)):
+                        writer.write(columns)
+                        lengths = columns["length"].astype(np.int64)
+                        n_special = 3 if cfg.nsp else 2
+                        s["examples"] += len(lengths)
+                        s["real_tokens"] += int(lengths.sum())
+                        s["candidates"] += int((lengths - n_special).clip(0).sum())
+                        s["masked"] += int(columns["num_masked"].sum())
+                        bar.update(int(doc_tokens[chunk].sum()))
+                    files += writer.close()
+                except BaseException:
+                    writer.discard()
+                    raise
+                s["tokens"] = s["examples"] * cfg.max_len
+                if s["examples"] == 0:
+                    empty.append(split)
+                stats[split] = {
+                    "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
+                    "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
+                    "padding_fraction": round(1 - s["real_tokens"] / max(s["tokens"], 1), 6),
+                }
+        finally:
+            bar.close()
+        if not files:
+            raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
+        all_real = sum(v["real_tokens"] for v in stats.values())
+        all_examples = sum(v["examples"] for v in stats.values())
+        manifest = write_manifest(cfg.out / naming.manifest_name(label, cfg.max_len, cfg.seed), {
+            "label": label, "run": run, "meta": meta, "tokens_dir": str(cfg.tokens), "files": files, "splits": stats, "empty_splits": empty,
+            "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
+            "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
+        })
+    seconds = time.perf_counter() - t0
+    return {"manifest": manifest, "seconds": seconds, "examples_per_s": all_examples / seconds}
