@@ -90,6 +90,9 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
 @click.option("--dupe-factor", type=int, default=1, show_default=True, help="Write N differently masked copies.")
 @click.option("--split", "split_", default="0.98,0.01,0.01", show_default=True,
               help="Fractions of documents for train,val,test.")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Seeds which documents go to val/test; independent of --seed and --max-len, so runs at "
+              "other lengths or seeds from one token store never train on each other's validation documents.")
 @click.option("--format", "fmt", type=click.Choice(["arrow", "msgpack"]), default="arrow", show_default=True,
               help="arrow: uncompressed Arrow IPC, memory-mapped by the trainer; msgpack: msgpack records, zstd-compressed.")
 @click.option("--examples-per-shard", type=int, default=65536, show_default=True, help="Examples per part file.")
@@ -97,7 +100,7 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
               "Output is byte-identical for any value.")
 @click.option("--overwrite", is_flag=True, help="Replace shards of other settings found in --out.")
 def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, max_predictions, whole_word,
-          dupe_factor, split_, fmt, examples_per_shard, workers, overwrite):
+          dupe_factor, split_, split_seed, fmt, examples_per_shard, workers, overwrite):
     """Cut a token store into fixed-length, pre-masked MLM (and NSP) examples in shard files.
 
     Writes {split}_{label}_{maxlen}_{seed}_{part}.arrow files for the train, val and test splits
@@ -109,7 +112,7 @@ def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, 
 
     cfg = ShardConfig(tokens=tokens, out=out, max_len=max_len, seed=seed, strategy=strategy,
                       short_seq_prob=short_seq_prob, nsp=nsp, mask_prob=mask_prob, max_predictions=max_predictions,
-                      whole_word=whole_word, dupe_factor=dupe_factor, split=split_, fmt=fmt,
+                      whole_word=whole_word, dupe_factor=dupe_factor, split=split_, split_seed=split_seed, fmt=fmt,
                       examples_per_shard=examples_per_shard, workers=workers, overwrite=overwrite)
     result = run_shard(cfg)
     m = result["manifest"]

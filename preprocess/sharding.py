@@ -51,6 +51,7 @@ class ShardConfig:
     whole_word: bool = False              # --whole-word
     dupe_factor: int = 1                  # --dupe-factor
     split: str = "0.98,0.01,0.01"         # --split
+    split_seed: int = 0                   # --split-seed: documents' split, kept across --seed and --max-len
     fmt: str = "arrow"                    # --format
     examples_per_shard: int = 65536       # --examples-per-shard
     workers: int = 0                      # --workers (0 = all cores)
@@ -63,6 +64,8 @@ class ShardConfig:
             raise ConfigError(f"--max-len must be between 8 and 4096, got {self.max_len}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.split_seed < 0:
+            raise ConfigError(f"--split-seed must be a non-negative integer, got {self.split_seed}")
         if self.strategy not in ("segment", "split"):
             raise ConfigError(f"--strategy must be segment or split, got {self.strategy!r}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
@@ -90,7 +93,8 @@ class ShardConfig:
         return {"max_len": self.max_len, "seed": self.seed, "strategy": self.strategy,
                 "short_seq_prob": self.short_seq_prob, "nsp": self.nsp, "mask_prob": self.mask_prob,
                 "max_predictions": self.predictions, "whole_word": self.whole_word,
-                "dupe_factor": self.dupe_factor, "split": list(self.fractions), "format": self.fmt,
+                "dupe_factor": self.dupe_factor, "split": list(self.fractions), "split_seed": self.split_seed,
+                "format": self.fmt,
                 "examples_per_shard": self.examples_per_shard}
 
 
@@ -270,7 +274,7 @@ def run_shard(cfg: ShardConfig) -> dict:
             "special_ids": sp, "tokenizer_sha256": tok_meta["sha256"], "label": label}
 
     doc_tokens = store.sent_offsets[store.doc_offsets[1:]] - store.sent_offsets[store.doc_offsets[:-1]]
-    splits = assign_documents(store.num_documents, cfg.fractions, cfg.seed)
+    splits = assign_documents(store.num_documents, cfg.fractions, cfg.split_seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     stats = {}

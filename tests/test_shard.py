@@ -82,7 +82,7 @@ def test_mask_rate_and_80_10_10_hold_on_a_real_corpus(token_store, tmp_path):
     p = cols["masked_positions"][slots].astype(int)
     now, was = cols["input_ids"][rows, p].astype(int), cols["masked_ids"][slots].astype(int)
     total = len(p)
-    assert total > 40000
+    assert total > 30000  # 1% is then over 4 standard errors of the 80% share
     masked, kept = (now == meta["special_ids"]["mask"]).mean(), (now == was).mean()
     assert abs(masked - 0.8) < 0.01 and abs(kept - 0.1) < 0.01 and abs(1 - masked - kept - 0.1) < 0.01
     assert not is_special[now[(now != was) & (now != meta["special_ids"]["mask"])]].any()
@@ -127,7 +127,7 @@ def test_no_document_is_in_two_splits(nsp_shards, token_store):
     from bertprep.preprocess.splits import assign_documents
 
     store = open_token_store(token_store)
-    splits = assign_documents(store.num_documents, (0.8, 0.1, 0.1), 123)
+    splits = assign_documents(store.num_documents, (0.8, 0.1, 0.1), 0)
     sets = [set(v.tolist()) for v in splits.values()]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert sum(map(len, sets)) == store.num_documents
@@ -155,6 +155,11 @@ def test_byte_identical_across_worker_counts_and_seeds_differ(token_store, tmp_p
     a, _ = load_split(tmp_path / "w1", "train")
     b, _ = load_split(tmp_path / "s2", "train")
     assert not np.array_equal(a["masked_positions"][:100], b["masked_positions"][:100])
+    # ...while the documents of each split stay the same across seeds and lengths
+    assert shard(token_store, tmp_path / "l128", max_len=128) == 0
+    docs = [json.loads(next(d.glob("*.manifest.json")).read_text())["splits"]["val"]["documents"]
+            for d in (tmp_path / "w1", tmp_path / "s2", tmp_path / "l128")]
+    assert docs[0] == docs[1] == docs[2] > 0
 
 
 def test_msgpack_shards_hold_the_same_examples(token_store, tmp_path):
