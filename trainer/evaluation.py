@@ -1,0 +1,179 @@
+"""Validation: MLM loss, MLM accuracy, perplexity and NSP accuracy over a fixed set of validation
+batches, summed over ranks; and a few decoded examples with the model's top-3 predictions.
+
+`evaluate(...)` is the stand-alone entry (for `make demo`): the same numbers for a checkpoint or
+for an untrained model of a preset shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.naming import parse_shard_name
+from bertprep.shards.reader import open_shards
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer.config import ModelConfig, model_shape
+from bertprep.trainer.dist import Dist, all_reduce_sum
+from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
+
+SUMS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
+
+
+def to_device(cols: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in cols.items()}
+
+
+def default_val_shards(train_paths) -> list[Path]:
+    """The `val_` files beside the training shards: same folder, label, length and seed."""
+    found = set()
+    for p in map(Path, train_paths):
+        name = parse_shard_name(p)
+        if name is None:
+            continue
+        pattern = f"val_{name.label}_{name.max_len}_{name.seed}_*"
+        found.update(q for q in p.parent.glob(pattern) if parse_shard_name(q) is not None)
+    return sorted(found)
+
+
+def val_stream(shards: list, batch_size: int, d: Dist) -> ShardStream | None:
+    """Rows in order, split across ranks; the batch shrinks to fit small validation files. None
+    when the files hold fewer examples than there are ranks."""
+    most = max(s.num_examples for s in shards) // d.world_size
+    if most < 1:
+        return None
+    cfg = StreamConfig(batch_size=min(batch_size, most), seed=0, rank=d.rank, world_size=d.world_size, shuffle=False)
+    return ShardStream(shards, cfg)
+
+
+@torch.no_grad()
+def validate(model, stream: ShardStream, d: Dist, *, max_batches: int, autocast) -> dict:
+    """Mean MLM loss per masked token, accuracy, perplexity (exp of the loss), NSP accuracy."""
+    was_training = model.training
+    model.eval()
+    n = min(max_batches, stream.steps_per_epoch)
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=d.device)
+    for _, _, cols in stream.batches(0, n):
+        batch = to_device(cols, d.device)
+        with autocast():
+            mlm, nsp = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
+        _, parts = pretraining_loss(mlm, nsp, batch)
+        sums += torch.stack([parts.get(k, torch.zeros((), device=d.device)).double() for k in SUMS])
+    all_reduce_sum(sums, d)
+    model.train(was_training)
+    s = dict(zip(SUMS, sums.tolist()))
+    loss = s["mlm_loss_sum"] / max(1.0, s["mlm_count"])
+    out = {"val_loss": loss, "val_mlm_acc": s["mlm_correct"] / max(1.0, s["mlm_count"]),
+           "val_ppl": math.exp(min(loss, 700.0)), "val_tokens": int(s["mlm_count"])}
+    if s["nsp_count"]:
+        out["val_nsp_acc"] = s["nsp_correct"] / s["nsp_count"]
+    return out
+
+
+# --- decoded examples --------------------------------------------------------------------------
+
+def find_vocab(train_paths, explicit: str | None, tokenizer_sha256: str | None) -> list[str] | None:
+    """Tokens in id order from --vocab, or a vocab.txt beside the shards or in ../tokens/ whose
+    tokenizer.json matches the shards' tokenizer_sha256. None when there is none (ids are shown)."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise InputError(f"--vocab {p}: no such file")
+        return _read_vocab(p)
+    from bertprep.shards.atomic import sha256_file
+    for folder in {Path(p).parent for p in train_paths}:
+        for cand in (folder, folder.parent / "tokens"):
+            tok, txt = cand / "tokenizer.json", cand / "vocab.txt"
+            if tok.is_file() and tokenizer_sha256 and sha256_file(tok) == tokenizer_sha256:
+                return _read_vocab(txt) if txt.is_file() else _read_tokenizer_json(tok)
+    return None
+
+
+def _read_vocab(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.suffix == ".txt" else _read_tokenizer_json(path)
+
+
+def _read_tokenizer_json(path: Path) -> list[str]:
+    vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+    tokens = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    return tokens
+
+
+def _tok(vocab, i: int) -> str:
+    return vocab[i] if vocab is not None and 0 <= i < len(vocab) else f"#{i}"
+
+
+@torch.no_grad()
+def decoded_examples(model, stream: ShardStream, device, vocab, count: int, autocast) -> list[str]:
+    """The first `count` validation examples with the top-3 predictions at each masked position."""
+    if count < 1:
+        return []
+    was_training = model.training
+    model.eval()
+    cols = stream.batches(0, 1)[0][2]
+    batch = to_device({k: v[:count] for k, v in cols.items()}, device)
+    with autocast():
+        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
+    probs, top = logits.float().softmax(-1).topk(3, dim=-1)  # (b, P, 3)
+    model.train(was_training)
+    lines = []
+    for b in range(batch["input_ids"].size(0)):
+        ids = batch["input_ids"][b, : int(batch["length"][b])].tolist()
+        text = " ".join(_tok(vocab, i) for i in ids).replace(" ##", "")
+        lines.append(f"example {b + 1}: {text[:300]}{'...' if len(text) > 300 else ''}")
+        for s in range(int(batch["num_masked"][b])):
+            pos, target = int(batch["masked_positions"][b, s]), int(batch["masked_ids"][b, s])
+            guesses = ", ".join(f"{_tok(vocab, int(t))!r} {float(p):.2f}" for t, p in zip(top[b, s], probs[b, s]))
+            lines.append(f"  @{pos:<4} {_tok(vocab, target)!r:>16} <- {guesses}")
+    return lines
+
+
+# --- stand-alone ---------------------------------------------------------------------------------
+
+def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "tiny", batch_size: int = 32,
+             max_batches: int = 50, seed: int = 0, device: str = "cpu", examples: int = 0,
+             vocab: str | None = None) -> dict:
+    """Validation numbers for `checkpoint` (a file or a run directory: its newest checkpoint), or for
+    an untrained `model` preset seeded with `seed` when None. One process. Returns val_loss,
+    val_mlm_acc, val_ppl (val_nsp_acc with NSP), val_tokens, step, and `examples` decoded lines."""
+    paths = [Path(p) for p in val_shards]
+    if not paths:
+        raise ConfigError("evaluate: give at least one validation shard")
+    shards = open_shards(paths)
+    data = shard_data(shards)
+    step = 0
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = ckpt_io.newest(path)
+            if path is None:
+                raise InputError(f"{checkpoint}: no checkpoints in this run directory")
+        ck = ckpt_io.load(path)
+        ckpt_io.check_data_matches(ck["data"], data, path)
+        net = Bert(ModelConfig(**ck["model_config"]))
+        net.load_state_dict(ck["model"])
+        step = int(ck["step"])
+    else:
+        torch.manual_seed(seed)
+        net = Bert(ModelConfig(vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"],
+                               **model_shape(model)))
+    dev = torch.device(device)
+    net.to(dev)
+    d = Dist(rank=0, local_rank=0, world_size=1, device=dev)
+    stream = val_stream(shards, batch_size, d)
+    if stream is None:
+        raise InputError(f"{paths[0]}: validation shards hold no examples")
+    import contextlib
+    out = validate(net, stream, d, max_batches=max_batches, autocast=contextlib.nullcontext)
+    words = find_vocab(paths, vocab, data.get("tokenizer_sha256"))
+    out["examples"] = decoded_examples(net, stream, dev, words, examples, contextlib.nullcontext)
+    out["step"] = step
+    return out

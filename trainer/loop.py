@@ -1,0 +1,297 @@
+"""The training loop: `train(cfg) -> summary`, one function to read top to bottom, plus its helpers.
+
+Per optimizer step: `--grad-accum` micro-batches from the prefetcher (DDP all-reduces only on the
+last), clip, AdamW, schedule. Every `--log-interval` steps the window's loss is reduced over ranks
+and logged (a non-finite loss stops the run there, before any checkpoint could keep it); every
+`--val-interval` steps validation; every `--ckpt-interval` steps, at the end and on SIGTERM/SIGINT a
+checkpoint. Every rank runs the same steps (the loader plans them up front), and a stop request is
+agreed on by all ranks at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertprep.shards.atomic import write_json
+from bertprep.shards.errors import BertprepError, ConfigError
+from bertprep.shards.reader import check_compatible, open_shards
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer import dist
+from bertprep.trainer.config import ModelConfig, TrainConfig
+from bertprep.trainer.evaluation import decoded_examples, default_val_shards, find_vocab, val_stream, validate
+from bertprep.trainer.metrics import MetricsLog, train_line, val_line
+from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.optim import build_optimizer, build_scheduler
+from bertprep.trainer.prefetch import Prefetcher
+from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
+
+
+class NonFiniteLoss(BertprepError):
+    """The loss became NaN or infinite; the run stopped without checkpointing the bad weights."""
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits.
+    A second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested, self.signal_name, self._old = False, "", {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says (under torchrun: this rank's share); returns a summary of the run."""
+    d = dist.setup(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
+    shards = open_shards(cfg.shards)
+    data = shard_data(shards)
+    run_dir = Path(cfg.out or f"runs/{data['label']}-{cfg.model}")
+    ck = _checkpoint_to_resume(cfg, run_dir, data)
+    log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, quiet=cfg.quiet,
+                     purge_step=int(ck["step"]) + 1 if ck else None)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    mcfg = ModelConfig(**ck["model_config"]) if ck else ModelConfig(
+        vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"], dropout=cfg.dropout,
+        norm=cfg.norm, **cfg.shape())
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    raw = Bert(mcfg).to(d.device)
+    model = raw
+    if d.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    opt = build_optimizer(raw, cfg, d.device)
+    sched = build_scheduler(opt, cfg)
+    stream = ShardStream(shards, StreamConfig(batch_size=cfg.batch_size, seed=cfg.seed, rank=d.rank,
+                                              world_size=d.world_size, overfit_batches=cfg.overfit_batches))
+    step, start_batch = 0, 0
+    _seed_rank(cfg.seed, d)  # dropout differs across ranks, reproducibly
+    if ck:
+        raw.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_batch = stream.load_state_dict(ck["loader"])
+        _restore_rng(ck["rng"], d)
+        step = int(ck["step"])
+        log.truncate_after(step)
+    val = _validation_data(cfg, shards, d, log)
+    if d.is_main:
+        write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
+                                             "world_size": d.world_size})
+    log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
+            f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
+            f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
+    if log.tb_note:
+        log.say(log.tb_note)
+    if ck:
+        log.write({"event": "resume", "step": step})
+    ctx = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val)
+    return ctx.loop(step, start_batch)
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict | None:
+    latest = ckpt_io.newest(run_dir)
+    if latest is not None and not cfg.resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
+                          f"that run or --out for a new one")
+    if latest is None:
+        return None
+    ck = ckpt_io.load(latest)
+    ckpt_io.check_data_matches(ck["data"], data, latest)
+    return ck
+
+
+def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
+    """(stream, vocab) for validation, or None when there are no validation shards."""
+    paths = list(cfg.val_shards) if cfg.val_shards is not None else default_val_shards(cfg.shards)
+    if not paths or cfg.val_interval == 0:
+        if cfg.val_interval:
+            log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
+        return None
+    val_shards = open_shards(paths)
+    check_compatible(shards + val_shards, "training and validation shards")
+    stream = val_stream(val_shards, cfg.batch_size, d)
+    if stream is None:
+        log.say("validation shards hold fewer examples than there are ranks: skipping validation")
+        return None
+    vocab = find_vocab(cfg.shards, cfg.vocab, shards[0].meta.get("tokenizer_sha256")) if d.is_main else None
+    return stream, vocab
+
+
+def _seed_rank(seed: int, d: dist.Dist) -> None:
+    rank_seed = int(np.random.SeedSequence([seed, 1, d.rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch.manual_seed(rank_seed)
+
+
+def _rng_state(d: dist.Dist) -> dict:
+    cpu = dist.all_gather_tensors(torch.get_rng_state(), d)
+    cuda = dist.all_gather_tensors(torch.cuda.get_rng_state(d.device), d) if d.device.type == "cuda" else []
+    return {"torch": cpu, "cuda": cuda}
+
+
+def _restore_rng(rng: dict, d: dist.Dist) -> None:
+    torch.set_rng_state(rng["torch"][d.rank])
+    if d.device.type == "cuda" and rng.get("cuda"):
+        torch.cuda.set_rng_state(rng["cuda"][d.rank], d.device)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class _Run:
+    """The state of one training run between steps; `loop()` is the training loop proper."""
+
+    def __init__(self, cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val):
+        self.cfg, self.d, self.raw, self.model, self.opt, self.sched = cfg, d, raw, model, opt, sched
+        self.stream, self.log, self.run_dir, self.data, self.mcfg, self.val = stream, log, run_dir, data, mcfg, val
+        self.autocast = _autocast(cfg, d.device)
+        self.last_ckpt: Path | None = ckpt_io.newest(run_dir)
+        self.last_val: dict = {}
+        self.trace = None
+
+    def loop(self, step: int, start_batch: int) -> dict:
+        cfg, d = self.cfg, self.d
+        tokens_per_micro = cfg.batch_size * self.data["max_len"] * d.world_size
+        window = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss sum, mlm sum, mlm correct, mlm count
+        micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
+        total_wait, done_steps, stopped, first_step = 0.0, 0, "max_steps", step
+        on_batch = self._tracer() if cfg.trace_data else None
+        with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.prefetch,
+                                               on_batch=on_batch) as feed:
+            while step < cfg.max_steps:
+                lr = self.opt.param_groups[0]["lr"]
+                for m in range(cfg.grad_accum):
+                    batch = feed.next()
+                    with dist.no_sync(self.model, m < cfg.grad_accum - 1), self.autocast():
+                        mlm, nsp = self.model(batch["input_ids"], batch["token_type_ids"], batch["length"],
+                                              batch["masked_positions"])
+                        loss, parts = pretraining_loss(mlm, nsp, batch)
+                    (loss / cfg.grad_accum).backward()
+                    window += torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
+                                           parts["mlm_correct"].double(), parts["mlm_count"].double()])
+                    micro += 1
+                if cfg.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.clip)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                step += 1
+                done_steps += 1
+                halt = self._agree_stop(stop.requested)
+                last = step == cfg.max_steps or halt
+                if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
+                    rec = self._reduce_window(window, micro, step, lr)  # raises NonFiniteLoss
+                    if step % cfg.log_interval == 0 or last:
+                        now = time.perf_counter()
+                        waited = feed.wait_s
+                        total_wait += waited
+                        dt = max(now - t_window, 1e-9)
+                        rec |= {"tokens_per_s": micro * tokens_per_micro / dt,
+                                "samples_per_s": micro * cfg.batch_size * d.world_size / dt,
+                                "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start}
+                        self.log.write(rec)
+                        self.log.say(train_line(rec))
+                        window.zero_()
+                        micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
+                if self.val and cfg.val_interval and (step % cfg.val_interval == 0 or (last and not halt)):
+                    self._validate(step)
+                if step % cfg.ckpt_interval == 0 or last:
+                    self._save(step, feed)
+                if halt:
+                    stopped = f"signal {stop.signal_name}"
+                    self.log.say(f"{stop.signal_name}: saved {self.last_ckpt} and stopped at step {step}")
+                    break
+        if self.trace is not None:
+            self.trace.close()
+        elapsed = time.perf_counter() - t_start
+        summary = {"run_dir": str(self.run_dir), "step": step, "steps_run": done_steps, "stopped": stopped,
+                   "checkpoint": str(self.last_ckpt) if self.last_ckpt else None, "elapsed_s": elapsed,
+                   "data_wait_frac": total_wait / elapsed if done_steps else 0.0,
+                   "params": self.raw.num_params(), "first_step": first_step} | self.last_val
+        self.log.write({"event": "end", "step": step, "stopped": stopped})
+        self.log.close()
+        return summary
+
+    def _agree_stop(self, local: bool) -> bool:
+        """All ranks stop at the same step: any rank's signal stops them all (one tiny all-reduce)."""
+        if not self.d.distributed:
+            return local
+        flag = torch.tensor([float(local)], device=self.d.device)
+        return bool(dist.all_reduce_max(flag, self.d).item())
+
+    def _reduce_window(self, window: torch.Tensor, micro: int, step: int, lr: float) -> dict:
+        sums = dist.all_reduce_sum(window.clone(), self.d).tolist()
+        n = max(1, micro) * self.d.world_size
+        loss = sums[0] / n
+        if not math.isfinite(loss):
+            where = f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else " (no checkpoint was written)"
+            raise NonFiniteLoss(f"loss is {loss} at step {step}{where}; lower --lr, raise --warmup-steps or check the data")
+        count = max(1.0, sums[3])
+        return {"step": step, "loss": loss, "mlm_loss": sums[1] / count, "mlm_acc": sums[2] / count, "lr": lr}
+
+    def _validate(self, step: int) -> None:
+        stream, vocab = self.val
+        out = validate(self.raw, stream, self.d, max_batches=self.cfg.val_batches, autocast=self.autocast)
+        rec = {"step": step} | out
+        self.last_val = {k: v for k, v in out.items() if k.startswith("val_")}
+        self.log.write(rec)
+        self.log.say(val_line(rec))
+        if self.d.is_main and self.cfg.val_examples:
+            lines = decoded_examples(self.raw, stream, self.d.device, vocab, self.cfg.val_examples, self.autocast)
+            with open(self.run_dir / "examples.txt", "a", encoding="utf-8") as f:
+                f.write(f"== step {step}\n" + "\n".join(lines) + "\n")
+            for line in lines[: 4 * self.cfg.val_examples]:
+                self.log.say(line)
+
+    def _save(self, step: int, feed: Prefetcher) -> None:
+        payload = {
+            "model": self.raw.state_dict(), "model_config": self.mcfg.to_dict(), "data": self.data,
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "loader": feed.state_dict(), "rng": _rng_state(self.d), "config": self.cfg.to_dict(),
+        }
+        if self.d.is_main:
+            self.last_ckpt = ckpt_io.save(self.run_dir, step, payload, keep=self.cfg.max_checkpoints)
+        dist.barrier(self.d)
+
+    def _tracer(self):
+        """--trace-data: each batch's rows to <run>/trace/rank<r>.txt as `index file row row ...`."""
+        folder = self.run_dir / "trace"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.trace = open(folder / f"rank{self.d.rank}.txt", "a", encoding="utf-8")
+
+        def record(index: int, f: int, rows: np.ndarray) -> None:
+            self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
+        return record

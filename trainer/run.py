@@ -1,0 +1,163 @@
+"""Train BERT on bertprep shards: flags -> TrainConfig -> `loop.train`.
+
+    python trainer/run.py --shards shards/train_* --model tiny --max-steps 1000
+    torchrun --nproc-per-node 8 trainer/run.py --shards shards/train_* --model base
+    python trainer/run.py --config run.toml --lr 2e-4      # command-line flags win over the file
+
+Bad input (missing or mismatched shards, bad flags) prints one `error: ...` line and exits 2; a
+non-finite loss exits 3 after keeping the last good checkpoint. From Python: `train(cfg)` and
+`evaluate(val_shards, checkpoint)`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python trainer/run.py` and torchrun put trainer/ first on sys.path, where our module names
+# (config, model, ...) could shadow another package's top-level module: use the package path only.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import tomllib  # noqa: E402
+
+from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
+from bertprep.trainer.config import DECAYS, DEVICES, NORMS, PRECISIONS, PRESETS, TrainConfig  # noqa: E402
+from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
+from bertprep.trainer.loop import NonFiniteLoss, train  # noqa: E402
+
+__all__ = ["train", "evaluate", "parse_config", "main"]
+
+# (flag, type or action, help); the dest is the TrainConfig field of the same name.
+FLAGS = [
+    ("--shards", "paths", "training shard files (globs are expanded, e.g. from --config)"),
+    ("--val-shards", "paths", "validation shard files (default: the val_ files beside the training shards)"),
+    ("--vocab", str, "vocab.txt for decoded validation examples (default: found beside the shards)"),
+    ("--model", PRESETS, "size preset: layers/hidden of the BERT paper and Google's small BERTs"),
+    ("--layers", int, "encoder layers (overrides the preset)"),
+    ("--hidden", int, "hidden width (overrides the preset)"),
+    ("--heads", int, "attention heads (default: hidden/64 with --hidden, else the preset's)"),
+    ("--ffn", int, "feed-forward width (default: 4 x hidden)"),
+    ("--dropout", float, "dropout on embeddings, attention and residual branches"),
+    ("--norm", NORMS, "post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)"),
+    ("--max-steps", int, "optimizer steps to train for"),
+    ("--batch-size", int, "examples per rank per micro-step"),
+    ("--grad-accum", int, "micro-steps per optimizer step"),
+    ("--seed", int, "seed of the weights, dropout and data order"),
+    ("--lr", float, "peak learning rate"),
+    ("--min-lr", float, "learning rate at --max-steps"),
+    ("--warmup-steps", int, "steps of linear warm-up from 0 to --lr"),
+    ("--decay", DECAYS, "decay after warm-up"),
+    ("--weight-decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
+    ("--beta1", float, "AdamW beta1"),
+    ("--beta2", float, "AdamW beta2"),
+    ("--eps", float, "AdamW epsilon"),
+    ("--clip", float, "gradient-norm clipping (0: off)"),
+    ("--precision", PRECISIONS, "auto: bf16 autocast on CUDA, fp32 on CPU"),
+    ("--compile", "bool", "torch.compile the model"),
+    ("--device", DEVICES, "auto: CUDA when available"),
+    ("--log-interval", int, "steps between log lines and metrics.jsonl records"),
+    ("--val-interval", int, "steps between validations (0: none)"),
+    ("--val-batches", int, "validation batches per rank"),
+    ("--val-examples", int, "decoded validation examples shown per validation"),
+    ("--ckpt-interval", int, "steps between checkpoints (one is also written at the end)"),
+    ("--max-checkpoints", int, "keep the newest K checkpoints"),
+    ("--out", str, "run directory (default: runs/<label>-<model>)"),
+    ("--resume", "bool", "continue from the newest checkpoint in --out"),
+    ("--overfit-batches", int, "train on the same N batches (a debugging check: the loss should reach ~0)"),
+    ("--prefetch", int, "pinned host buffers in the loader's ring"),
+    ("--tensorboard", "bool", "write TensorBoard events (when the tensorboard package is installed)"),
+    ("--trace-data", "bool", "debugging: write the rows each rank reads to <out>/trace/"),
+    ("--quiet", "bool", "no progress lines on stderr"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="trainer/run.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", metavar="FILE.toml", help="set any flag from a TOML file; command-line flags win")
+    defaults = TrainConfig.__dataclass_fields__
+    for flag, kind, text in FLAGS:
+        dest = flag[2:].replace("-", "_")
+        default = defaults[dest].default
+        if kind == "paths":
+            p.add_argument(flag, dest=dest, nargs="+" if dest == "shards" else "*", metavar="PATH", help=text)
+        elif kind == "bool":
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif isinstance(kind, (tuple, dict)):
+            p.add_argument(flag, dest=dest, choices=list(kind), default=default, help=text)
+        else:
+            p.add_argument(flag, dest=dest, type=kind, default=default, help=text)
+    return p
+
+
+def _expand(paths) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    out = []
+    for p in ([paths] if isinstance(paths, str) else paths):
+        hits = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
+        if not hits:
+            raise ConfigError(f"no shard files match {p!r}")
+        out += hits
+    return tuple(out)
+
+
+def _config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    known = {a.dest for a in parser._actions}
+    values = {}
+    for key, value in raw.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in ("config", "help"):
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        values[dest] = value
+    return values
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**_config_file(first.config, parser))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    args["shards"] = _expand(args["shards"]) or ()
+    args["val_shards"] = _expand(args["val_shards"])
+    try:
+        return TrainConfig(**args)
+    except TypeError as e:  # a TOML value of the wrong type reaches the dataclass
+        raise ConfigError(f"--config: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+        train(cfg)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except BertprepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
