@@ -7,7 +7,6 @@ for an untrained model of a preset shape.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import parse_shard_name
 from bertprep.shards.reader import open_shards
+from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.config import ModelConfig, model_shape
 from bertprep.trainer.dist import Dist, all_reduce_sum
@@ -78,37 +78,12 @@ def validate(model, stream: ShardStream, d: Dist, *, max_batches: int, autocast)
 
 # --- decoded examples --------------------------------------------------------------------------
 
-def find_vocab(train_paths, explicit: str | None, tokenizer_sha256: str | None) -> list[str] | None:
-    """Tokens in id order from --vocab, or a vocab.txt beside the shards or in ../tokens/ whose
-    tokenizer.json matches the shards' tokenizer_sha256. None when there is none (ids are shown)."""
-    if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise InputError(f"--vocab {p}: no such file")
-        return _read_vocab(p)
-    from bertprep.shards.atomic import sha256_file
-    for folder in {Path(p).parent for p in train_paths}:
-        for cand in (folder, folder.parent / "tokens"):
-            tok, txt = cand / "tokenizer.json", cand / "vocab.txt"
-            if tok.is_file() and tokenizer_sha256 and sha256_file(tok) == tokenizer_sha256:
-                return _read_vocab(txt) if txt.is_file() else _read_tokenizer_json(tok)
-    return None
-
-
-def _read_vocab(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.suffix == ".txt" else _read_tokenizer_json(path)
-
-
-def _read_tokenizer_json(path: Path) -> list[str]:
-    vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    return tokens
-
-
-def _tok(vocab, i: int) -> str:
-    return vocab[i] if vocab is not None and 0 <= i < len(vocab) else f"#{i}"
+def vocab_for(shard_path, meta: dict, explicit: str | None) -> list[str] | None:
+    """Tokens in id order: --vocab, else the token store the shards' manifest names (checked
+    against the shards' tokenizer sha256). None when there is none: ids are shown instead."""
+    if explicit and not Path(explicit).is_file():
+        raise InputError(f"--vocab {explicit}: no such file")
+    return find_vocab(Path(shard_path), meta, Path(explicit) if explicit else None)
 
 
 @torch.no_grad()
@@ -127,12 +102,12 @@ def decoded_examples(model, stream: ShardStream, device, vocab, count: int, auto
     lines = []
     for b in range(batch["input_ids"].size(0)):
         ids = batch["input_ids"][b, : int(batch["length"][b])].tolist()
-        text = " ".join(_tok(vocab, i) for i in ids).replace(" ##", "")
+        text = " ".join(token_text(vocab, i) for i in ids).replace(" ##", "")
         lines.append(f"example {b + 1}: {text[:300]}{'...' if len(text) > 300 else ''}")
         for s in range(int(batch["num_masked"][b])):
             pos, target = int(batch["masked_positions"][b, s]), int(batch["masked_ids"][b, s])
-            guesses = ", ".join(f"{_tok(vocab, int(t))!r} {float(p):.2f}" for t, p in zip(top[b, s], probs[b, s]))
-            lines.append(f"  @{pos:<4} {_tok(vocab, target)!r:>16} <- {guesses}")
+            guesses = ", ".join(f"{token_text(vocab, int(t))!r} {float(p):.2f}" for t, p in zip(top[b, s], probs[b, s]))
+            lines.append(f"  @{pos:<4} {token_text(vocab, target)!r:>16} <- {guesses}")
     return lines
 
 
@@ -173,7 +148,7 @@ def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "
         raise InputError(f"{paths[0]}: validation shards hold no examples")
     import contextlib
     out = validate(net, stream, d, max_batches=max_batches, autocast=contextlib.nullcontext)
-    words = find_vocab(paths, vocab, data.get("tokenizer_sha256"))
+    words = vocab_for(shards[0].path, shards[0].meta, vocab)
     out["examples"] = decoded_examples(net, stream, dev, words, examples, contextlib.nullcontext)
     out["step"] = step
     return out

@@ -26,7 +26,7 @@ from bertprep.shards.reader import check_compatible, open_shards
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import dist
 from bertprep.trainer.config import ModelConfig, TrainConfig
-from bertprep.trainer.evaluation import decoded_examples, default_val_shards, find_vocab, val_stream, validate
+from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
 from bertprep.trainer.model import Bert, pretraining_loss
 from bertprep.trainer.optim import build_optimizer, build_scheduler
@@ -143,7 +143,7 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
     if stream is None:
         log.say("validation shards hold fewer examples than there are ranks: skipping validation")
         return None
-    vocab = find_vocab(cfg.shards, cfg.vocab, shards[0].meta.get("tokenizer_sha256")) if d.is_main else None
+    vocab = vocab_for(shards[0].path, shards[0].meta, cfg.vocab) if d.is_main else None
     return stream, vocab
 
 
