@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import IO, Iterator
 
+from bertprep.shards.errors import ShardFormatError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -69,6 +71,23 @@ def write_json(final: Path | str, obj) -> None:
     with atomic_write(final, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def read_format_json(path: Path | str, format_name: str, version: int, what: str, advice: str = "") -> dict:
+    """Read one of our JSON files and check its `format` and `format_version`; every problem is a
+    one-line ShardFormatError naming the file (`advice` is appended to a version mismatch)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardFormatError(f"{path}: no such {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != format_name:
+        raise ShardFormatError(f"{path}: not a bertprep {what}")
+    if obj.get("format_version") != version:
+        raise ShardFormatError(f"{path}: {what} version {obj.get('format_version')}, this bertprep reads "
+                               f"{version}{advice}")
+    return obj
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:

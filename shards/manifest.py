@@ -5,10 +5,9 @@ incomplete. Readers trust no path in it: entries must be plain shard file names 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from bertprep.shards.atomic import write_json
+from bertprep.shards.atomic import read_format_json, write_json
 from bertprep.shards.errors import ShardFormatError
 from bertprep.shards.naming import parse_shard_name
 
@@ -23,17 +22,7 @@ def write_manifest(path: Path, body: dict) -> dict:
 
 
 def read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardFormatError(f"{path}: no such manifest") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ShardFormatError(f"{path}: not a bertprep shard manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ShardFormatError(f"{path}: manifest version {manifest.get('format_version')}, "
-                               f"this bertprep reads {FORMAT_VERSION}")
+    manifest = read_format_json(path, FORMAT_NAME, FORMAT_VERSION, "shard manifest")
     files = manifest.get("files")
     if not isinstance(files, list):
         raise ShardFormatError(f"{path}: manifest has no file list")

@@ -12,13 +12,12 @@ Empty sentences and documents are never stored, so every document has >= 1 sente
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bertprep.shards.atomic import publish, sha256_file, temp_name, write_json
+from bertprep.shards.atomic import publish, read_format_json, sha256_file, temp_name, write_json
 from bertprep.shards.errors import ChecksumError, InputError, ShardFormatError
 from bertprep.shards.schema import id_dtype
 
@@ -123,16 +122,7 @@ def read_manifest(directory: Path) -> dict:
         raise InputError(f"{directory}: no token store here (run `bertprep tokenize CORPUS --out {directory}` first)")
     if not path.exists():
         raise InputError(f"{path}: missing; {directory} is not a complete token store (re-run bertprep tokenize)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ShardFormatError(f"{path}: not a bertprep token store manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ShardFormatError(f"{path}: token store version {manifest.get('format_version')}, "
-                               f"this bertprep reads {FORMAT_VERSION}; re-run bertprep tokenize")
-    return manifest
+    return read_format_json(path, FORMAT_NAME, FORMAT_VERSION, "token store manifest", "; re-run bertprep tokenize")
 
 
 def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
