@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import shlex
 import shutil
 import subprocess
@@ -24,7 +25,8 @@ CORPUS = ROOT / "data" / "pydocs.wiki.tokens"
 
 def run(cmd: list[str], display: list[str]) -> None:
     print("\n$ " + " ".join(shlex.quote(c) for c in display), flush=True)
-    code = subprocess.call(cmd)
+    # unbuffered, so the steps' output stays in order when the demo's output goes to a file or pipe
+    code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if code != 0:
         sys.exit(f"demo: step failed with exit code {code}")
 
