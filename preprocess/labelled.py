@@ -1,0 +1,93 @@
+"""Labelled sentence sets for fine-tuning: SST-2's parquet layout, GLUE-style TSV and JSONL.
+
+`read_labelled(path, text_column, label_column)` returns the sentences and their integer labels.
+Labels must be integers >= 0 (any number of classes); anything else is refused with the file,
+the row and the value, because a silently mis-parsed label set trains a useless classifier.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertprep.shards.errors import InputError
+
+
+@dataclass(frozen=True)
+class Labelled:
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64, >= 0
+
+
+def _layout(path: Path) -> str:
+    name = path.name.lower()
+    for suffix, kind in ((".parquet", "parquet"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "jsonl"),
+                         (".csv", "csv")):
+        if name.endswith(suffix):
+            return kind
+    raise InputError(f"{path}: unknown layout; name it .parquet, .tsv, .csv or .jsonl")
+
+
+def _rows(path: Path, kind: str) -> tuple[list[str], list[dict]]:
+    """(column names, rows as dicts) of a labelled file."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise InputError(f"{path}: not a readable parquet file ({e.__class__.__name__})") from None
+        return table.column_names, table.to_pylist()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    if kind == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}:{n}: a JSON object per line is expected")
+                rows.append(row)
+        columns = sorted({k for r in rows for k in r})
+        return columns, rows
+    reader = csv.DictReader(text.splitlines(), delimiter="\t" if kind == "tsv" else ",",
+                            quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL)
+    return list(reader.fieldnames or []), list(reader)
+
+
+def read_labelled(path: Path | str, text_column: str = "sentence", label_column: str = "label") -> Labelled:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    columns, rows = _rows(path, _layout(path))
+    for col in (text_column, label_column):
+        if col not in columns:
+            raise InputError(f"{path}: no column {col!r} (columns: {', '.join(map(str, columns)) or 'none'}); "
+                             f"use --text-column/--label-column")
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    texts, labels = [], []
+    for n, row in enumerate(rows, 1):
+        text, label = row.get(text_column), row.get(label_column)
+        if not isinstance(text, str):
+            raise InputError(f"{path}: row {n}: {text_column!r} is not text ({text!r})")
+        if isinstance(label, bool) or not isinstance(label, (int, str, float)):
+            raise InputError(f"{path}: row {n}: label {label!r} is not an integer")
+        try:
+            value = int(label) if not isinstance(label, float) or label.is_integer() else None
+        except ValueError:
+            value = None
+        if value is None or value < 0:
+            raise InputError(f"{path}: row {n}: label {label!r} is not an integer >= 0")
+        texts.append(text)
+        labels.append(value)
+    return Labelled(texts, np.asarray(labels, dtype=np.int64))
