@@ -10,9 +10,11 @@ order; results are written strictly in task order, rolling over to a new part fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -108,6 +110,19 @@ def _worker_init(tokens_dir: str) -> None:
     _STORE = open_token_store(tokens_dir, verify=False)
 
 
+def _pool_worker_init(tokens_dir: str, parent: int) -> None:
+    # A pool worker whose parent is killed (SIGKILL, the OOM killer) would wait on its task queue
+    # forever; a watcher thread ends it instead.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="bertprep-parent-watch").start()
+    _worker_init(tokens_dir)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+
+
 def vocab_tables(vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """is_special (bracketed control tokens like [CLS]) and is_continuation (`##` pieces) per id."""
     is_special = np.fromiter((t.startswith("[") and t.endswith("]") and len(t) > 2 for t in vocab), bool, len(vocab))
@@ -142,17 +157,22 @@ def _run_task(args) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """One shard run per output directory at a time (the kernel drops the lock if we die)."""
+    """One shard run per output directory at a time (the kernel drops the lock if we die).
+
+    A POSIX record lock (`lockf`), not `flock`: forked pool workers share an flock'd file
+    description, so a worker outliving a killed parent would keep the next run out."""
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
         os.close(fd)
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
         raise InputError(f"{out}: another bertprep shard run is writing here; wait for it or use another --out") from None
     try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -234,7 +254,7 @@ def _ordered_results(tasks: list, workers: int, tokens_dir: Path) -> Iterator[di
         for t in tasks:
             yield _run_task(t)
         return
-    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(str(tokens_dir),)) as ex:
+    with ProcessPoolExecutor(workers, initializer=_pool_worker_init, initargs=(str(tokens_dir), os.getpid())) as ex:
         pending = []
         it = iter(tasks)
         for t in it:
