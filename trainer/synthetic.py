@@ -1,9 +1,10 @@
 """Synthetic shards with a learnable structure, for tests, the benchmark and smoke runs.
 
-Each example is `[CLS] A [SEP] B [SEP]` where A counts upwards through the vocabulary from a random
-start (wrapping) and B either goes on counting (NSP label 1) or starts afresh (label 0). About 15%
-of the tokens are chosen for prediction with BERT's 80/10/10 rule, so a masked token can be read
-off its neighbours: a model that learns the pattern drives the MLM loss towards zero. Written with
+Each example is `[CLS] A [SEP] B [SEP]` where A counts cyclically through one band of 8 word ids
+from a random start, and B either goes on counting in that band (NSP label 1) or starts afresh in a
+random band (label 0). About 15% of the tokens are chosen for prediction with BERT's 80/10/10 rule.
+The band can be read off any context (bag of words: loss ~ ln 8 quickly) and the exact token off
+its neighbours, so a model that learns the pattern drives the MLM loss towards zero. Written with
 the real `ArrowShardWriter`, so the trainer reads exactly what it reads from `bertprep shard`.
 """
 
@@ -19,6 +20,7 @@ from bertprep.shards.schema import FORMAT_NAME, FORMAT_VERSION, id_dtype
 
 SPECIALS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 FIRST_WORD = 5
+BAND = 8  # words of an example come from one band of 8 ids, counted through cyclically
 
 
 def synthetic_meta(*, max_len: int, vocab_size: int, nsp: bool, split: str = "train", label: str = "syn",
@@ -34,18 +36,21 @@ def synthetic_meta(*, max_len: int, vocab_size: int, nsp: bool, split: str = "tr
 
 def synthetic_columns(rng: np.random.Generator, n: int, meta: dict) -> dict[str, np.ndarray]:
     T, P, V = meta["max_len"], meta["max_predictions"], meta["vocab_size"]
-    words = V - FIRST_WORD
+    bands = max(1, (V - FIRST_WORD) // BAND)
     length = rng.integers(max(5, T // 2), T + 1, size=n)                           # (n,)
     a_len = np.maximum(1, (length - 3) // 2)
     pos = np.arange(T)[None, :]                                                     # (1, T)
-    start_a = rng.integers(0, words, size=n)[:, None]
+    band_a, start_a = rng.integers(0, bands, size=n), rng.integers(0, BAND, size=n)
     label = rng.integers(0, 2, size=n) if meta["nsp"] else np.ones(n, dtype=np.int64)
-    start_b = np.where(label == 1, start_a[:, 0] + a_len, rng.integers(0, words, size=n))[:, None]
+    band_b = np.where(label == 1, band_a, rng.integers(0, bands, size=n))
+    start_b = np.where(label == 1, start_a + a_len, rng.integers(0, BAND, size=n))
     in_a = (pos >= 1) & (pos <= a_len[:, None])
     in_b = (pos >= a_len[:, None] + 2) & (pos < length[:, None] - 1)
+    word_a = FIRST_WORD + band_a[:, None] * BAND + (start_a[:, None] + pos - 1) % BAND
+    word_b = FIRST_WORD + band_b[:, None] * BAND + (start_b[:, None] + pos - a_len[:, None] - 2) % BAND
     ids = np.zeros((n, T), dtype=np.int64)
-    ids[in_a] = ((start_a + pos - 1) % words + FIRST_WORD)[in_a]
-    ids[in_b] = ((start_b + pos - a_len[:, None] - 2) % words + FIRST_WORD)[in_b]
+    ids[in_a] = word_a[in_a]
+    ids[in_b] = word_b[in_b]
     ids[:, 0] = SPECIALS["cls"]
     ids[pos == a_len[:, None] + 1] = SPECIALS["sep"]
     ids[pos == length[:, None] - 1] = SPECIALS["sep"]
