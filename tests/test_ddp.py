@@ -1,0 +1,105 @@
+"""DDP as it runs for users: a real `torchrun --nproc-per-node 2` of trainer/run.py on CPU (gloo).
+Ranks read disjoint rows, run the same number of steps over uneven shards (no hang, across epochs),
+write one metrics file and checkpoints holding both ranks' RNG states, and a resumed 2-process run
+reproduces the uninterrupted losses; a checkpoint is refused by a run with another world size."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertprep.shards.errors import ConfigError
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.run import train
+from bertprep.trainer.synthetic import write_synthetic_shards
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 180
+STEPS = 36
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> Path:
+    """Files whose sizes split unevenly over 2 ranks and batches of 8 (121 // 2 = 60 = 7 batches + 4)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    write_synthetic_shards(folder, rows=[121, 91, 37], nsp=True)
+    write_synthetic_shards(folder, rows=[41], nsp=True, split="val")
+    return folder
+
+
+def torchrun(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            str(ROOT / "trainer" / "run.py"), "--shards", *map(str, sorted(folder.glob("train_*"))),
+            "--out", str(out), "--max-steps", str(STEPS), "--batch-size", "8", "--model", "tiny", "--hidden", "32",
+            "--heads", "2", "--ffn", "64", "--lr", "3e-3", "--warmup-steps", "3", "--log-interval", "1",
+            "--val-interval", "12", "--ckpt-interval", "12", "--max-checkpoints", "5", "--seed", "11",
+            "--trace-data", "--no-tensorboard", "--quiet", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def trace(out: Path, rank: int) -> list[tuple[int, int, list[int]]]:
+    lines = (out / "trace" / f"rank{rank}.txt").read_text().split("\n")[:-1]
+    return [(int(i), int(f), list(map(int, rows))) for i, f, *rows in (line.split() for line in lines)]
+
+
+def losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(uneven, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "ddp"
+    torchrun(uneven, out)
+    return out
+
+
+def test_two_ranks_read_disjoint_rows_and_run_equal_steps(ddp_run):
+    t0, t1 = trace(ddp_run, 0), trace(ddp_run, 1)
+    assert [i for i, _, _ in t0] == [i for i, _, _ in t1] == list(range(STEPS))
+    per_epoch = 7 + 5 + 2  # floor(floor(n / 2) / 8) per file: the plan both ranks share
+    for start in range(0, STEPS, per_epoch):
+        seen0 = {(f, r) for i, f, rows in t0[start:start + per_epoch] for r in rows}
+        seen1 = {(f, r) for i, f, rows in t1[start:start + per_epoch] for r in rows}
+        assert not seen0 & seen1, "ranks read the same example in one epoch"
+    assert [f for _, f, _ in t0[:per_epoch]] == [0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 0, 1, 0, 0]
+
+
+def test_one_metrics_file_and_checkpoints_with_every_ranks_rng(ddp_run):
+    assert sorted(losses(ddp_run)) == list(range(1, STEPS + 1))
+    recs = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "val_loss" in r] == [12, 24, 36]
+    ck = ckpt_io.load(ckpt_io.newest(ddp_run))
+    assert ck["step"] == STEPS and len(ck["rng"]["torch"]) == 2
+    assert not ck["rng"]["torch"][0].equal(ck["rng"]["torch"][1])  # dropout differs across ranks
+    assert json.loads((ddp_run / "config.json").read_text())["world_size"] == 2
+
+
+def test_resumed_ddp_run_reproduces_the_losses(uneven, ddp_run, tmp_path):
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt_io.checkpoint_path(ddp_run, 12), out / "checkpoints")
+    torchrun(uneven, out, "--resume")
+    whole = losses(ddp_run)
+    assert losses(out) == {s: v for s, v in whole.items() if s > 12}
+
+
+def test_another_world_size_cannot_resume(uneven, ddp_run, tmp_path):
+    out = tmp_path / "single"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt_io.newest(ddp_run), out / "checkpoints")
+    cfg = TrainConfig(shards=tuple(map(str, sorted(uneven.glob("train_*")))), out=str(out), resume=True,
+                      batch_size=8, seed=11, max_steps=STEPS + 2, model="tiny", hidden=32, heads=2, ffn=64,
+                      quiet=True, tensorboard=False)
+    with pytest.raises(ConfigError, match="world_size=2 but this run has 1"):
+        train(cfg)
