@@ -84,6 +84,8 @@ class ArrowShard:
             if raw is None:
                 raise ShardFormatError(f"{where}: Arrow file without bertprep metadata")
             self.meta = schema.check_meta(json.loads(raw), where)
+            if not reader.schema.equals(arrow_schema(self.meta), check_metadata=False):
+                raise ShardFormatError(f"{where}: Arrow schema differs from the one its metadata implies")
             self.columns = schema.column_names(bool(self.meta["nsp"]))
             views: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
             starts = [0]
@@ -95,9 +97,13 @@ class ArrowShard:
                     flat = (col.flatten() if width else col).to_numpy(zero_copy_only=True)
                     if flat.dtype != dtype:
                         raise ShardFormatError(f"{where}: column {name} is {flat.dtype}, metadata says {dtype}")
-                    views[name].append(flat.reshape(-1, width) if width else flat)
+                    view = flat.reshape(-1, width) if width else flat
+                    if len(view) != rb.num_rows:  # a damaged length field, which Arrow does not cross-check
+                        raise ShardFormatError(f"{where}: column {name} of batch {i} has {len(view)} rows, "
+                                               f"the batch says {rb.num_rows}")
+                    views[name].append(view)
                 starts.append(starts[-1] + rb.num_rows)
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as e:  # any pyarrow refusal
             if isinstance(e, FileNotFoundError):
                 raise ShardFormatError(f"{where}: no such shard file") from None
             raise ShardFormatError(f"{where}: unreadable Arrow shard ({e.__class__.__name__}: {e})") from None
@@ -123,9 +129,9 @@ class ArrowShard:
             raise IndexError(f"{self.path}: rows outside 0..{self.num_examples - 1}")
         batch_of_row = np.searchsorted(self._starts, rows, side="right") - 1
         out = {}
-        for name in self.columns:
-            first = self._views[name][0]
-            out[name] = np.empty((len(rows),) + first.shape[1:], dtype=first.dtype)
+        for name in self.columns:  # shapes from the schema: a file may hold no batch at all
+            width, dtype = schema.column_spec(name, self.meta)
+            out[name] = np.empty((len(rows),) + ((width,) if width else ()), dtype=dtype)
         for b in np.unique(batch_of_row):
             sel = np.flatnonzero(batch_of_row == b)
             local = rows[sel] - self._starts[b]

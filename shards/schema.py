@@ -50,8 +50,16 @@ def column_spec(name: str, meta: dict) -> tuple[int | None, np.dtype]:
     return width, (np.dtype(meta["id_dtype"]) if dtype == "ids" else np.dtype(dtype))
 
 
+SPECIAL_NAMES = ("pad", "unk", "cls", "sep", "mask")
+SPLIT_NAMES = ("train", "val", "test")
+MAX_WIDTH = (1 << 16) - 1  # lengths and positions are uint16
+
+
 def check_meta(meta: dict, where: str) -> dict:
-    """Refuse metadata of another format or version, or missing a required key."""
+    """Refuse metadata of another format or version, missing a required key, or holding values of
+    the wrong type or range (a hostile file must not reach numpy with `max_len: "64"`)."""
+    if not isinstance(meta, dict):
+        raise ShardFormatError(f"{where}: shard metadata is not a JSON object")
     if meta.get("format") != FORMAT_NAME:
         raise ShardFormatError(f"{where}: not a bertprep shard (format {meta.get('format')!r})")
     version = meta.get("format_version")
@@ -63,7 +71,41 @@ def check_meta(meta: dict, where: str) -> dict:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ShardFormatError(f"{where}: shard metadata lacks {', '.join(missing)}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise ShardFormatError(f"{where}: shard metadata field {problem}; not a valid bertprep shard")
     return meta
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _meta_problem(m: dict) -> str | None:
+    """The first metadata value of the wrong type or out of range, described; None when all are fine."""
+    for key, lo, hi in (("max_len", 2, MAX_WIDTH), ("max_predictions", 1, MAX_WIDTH), ("vocab_size", 5, 1 << 32),
+                        ("seed", 0, (1 << 64) - 1)):
+        if not _is_int(m[key]) or not lo <= m[key] <= hi:
+            return f"{key} is {m[key]!r}, expected an integer in {lo}..{hi}"
+    if m["max_predictions"] > m["max_len"]:
+        return f"max_predictions is {m['max_predictions']}, above max_len {m['max_len']}"
+    if m["id_dtype"] != id_dtype(m["vocab_size"]).name:
+        return f"id_dtype is {m['id_dtype']!r}, expected {id_dtype(m['vocab_size']).name!r} for {m['vocab_size']} ids"
+    sp = m["special_ids"]
+    if not (isinstance(sp, dict) and sorted(sp) == sorted(SPECIAL_NAMES)
+            and all(_is_int(v) and 0 <= v < m["vocab_size"] for v in sp.values())):
+        return f"special_ids is {sp!r}, expected ids of {', '.join(SPECIAL_NAMES)} within the vocab"
+    for key in ("nsp", "whole_word"):
+        if not isinstance(m[key], bool):
+            return f"{key} is {m[key]!r}, expected true or false"
+    if isinstance(m["mask_prob"], bool) or not isinstance(m["mask_prob"], (int, float)) or not 0 < m["mask_prob"] < 1:
+        return f"mask_prob is {m['mask_prob']!r}, expected a number in (0, 1)"
+    if m["split"] not in SPLIT_NAMES:
+        return f"split is {m['split']!r}, expected one of {', '.join(SPLIT_NAMES)}"
+    for key in ("strategy", "label", "tokenizer_sha256"):  # descriptive: any string
+        if not isinstance(m[key], str):
+            return f"{key} is {m[key]!r}, expected a string"
+    return None
 
 
 def check_columns(columns: dict[str, np.ndarray], meta: dict, where: str) -> None:
