@@ -31,4 +31,10 @@ def read_manifest(path: Path) -> dict:
         # Only bare shard names: '../outside' or '/etc/passwd' must never be opened through a manifest.
         if not isinstance(name, str) or Path(name).name != name or parse_shard_name(name) is None:
             raise ShardFormatError(f"{path}: refuses file entry {name!r} (not a shard file name in this directory)")
+        sha, examples = entry.get("sha256"), entry.get("examples")
+        if not (isinstance(sha, str) and isinstance(examples, int) and not isinstance(examples, bool) and examples >= 0
+                and entry.get("split") == parse_shard_name(name).split):
+            raise ShardFormatError(f"{path}: file entry {name!r} lacks a valid sha256, example count or split")
+    if not isinstance(manifest.get("meta"), dict):
+        raise ShardFormatError(f"{path}: manifest has no shard settings (meta)")
     return manifest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertprep.shards import naming
+from bertprep.shards import naming, schema
 from bertprep.shards.atomic import sha256_file
 from bertprep.shards.errors import ChecksumError, InputError, ShardFormatError
 from bertprep.shards.manifest import read_manifest
@@ -59,6 +59,29 @@ def check_values(shard) -> int:
     return shard.num_examples
 
 
+def check_name(shard) -> None:
+    """A shard's file name and its metadata must agree: a renamed file of another run is refused."""
+    sn = naming.parse_shard_name(shard.path)
+    if sn is None:
+        return
+    m = shard.meta
+    for key, named in (("split", sn.split), ("label", sn.label), ("max_len", sn.max_len), ("seed", sn.seed)):
+        if m[key] != named:
+            raise ShardFormatError(f"{shard.path}: the file name says {key} {named!r}, its metadata {m[key]!r} "
+                                   "(a renamed file of another run?)")
+
+
+def check_against_manifest(shard, manifest: dict, entry: dict, manifest_path: Path) -> None:
+    """Settings recorded in the manifest must be the shard's own (a swapped-in file of another run
+    with a matching checksum still has another vocab or length)."""
+    expected = dict(manifest["meta"], split=entry["split"])
+    order = list(schema.REQUIRED_META)  # the telling differences (max_len, vocab_size) come first
+    for key, value in sorted(expected.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if shard.meta.get(key) != value:
+            raise ShardFormatError(f"{shard.path}: {key} is {shard.meta.get(key)!r}, {manifest_path.name} says "
+                                   f"{value!r} (a shard of another run?); re-run bertprep shard")
+
+
 def _manifest_for(shard_path: Path) -> Path | None:
     sn = naming.parse_shard_name(shard_path)
     if sn is None:
@@ -85,6 +108,8 @@ def verify_manifest(path: Path) -> dict:
         shard = open_shard(f)
         if shard.num_examples != entry["examples"]:
             raise ShardFormatError(f"{f}: {shard.num_examples} examples, manifest says {entry['examples']}")
+        check_name(shard)
+        check_against_manifest(shard, manifest, entry, path)
         total += check_values(shard)
     prefix = path.name[: -len(".manifest.json")]
     for f in sorted(directory.iterdir()):
@@ -116,15 +141,20 @@ def verify_paths(paths: list[Path]) -> dict:
             if not path.exists():
                 raise InputError(f"{path}: no such file")
             manifest = _manifest_for(path)
+            shard = None
             if manifest is not None:
-                entries = {e["name"]: e for e in read_manifest(manifest)["files"]}
-                entry = entries.get(path.name)
+                m = read_manifest(manifest)
+                entry = {e["name"]: e for e in m["files"]}.get(path.name)
                 if entry is None:
                     raise ShardFormatError(f"{path}: not listed in {manifest.name}")
                 actual = sha256_file(path)
                 if actual != entry["sha256"]:
                     raise ChecksumError(f"{path}: sha256 mismatch (manifest {entry['sha256'][:12]}…, "
                                         f"file {actual[:12]}…); re-run bertprep shard")
-            examples += check_values(open_shard(path))
+                shard = open_shard(path)
+                check_against_manifest(shard, m, entry, manifest)
+            shard = shard or open_shard(path)
+            check_name(shard)
+            examples += check_values(shard)
             files += 1
     return {"files": files, "examples": examples}
