@@ -10,8 +10,8 @@ DEMO := demo
 
 install: $(VENV)/.installed
 
-# Re-installs only when the package metadata changes, so a second `make install` does nothing.
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Re-installs only when the package metadata or the C extension changes, so a second `make install` does nothing.
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)

@@ -1,10 +1,15 @@
-"""`bertprep tokenize`: corpus files -> sentences -> WordPiece ids -> a token store.
+"""`bertprep tokenize`: corpus files -> paragraphs -> sentences -> WordPiece ids -> a token store.
 
-The corpus is streamed: a reader thread turns files into batches of sentences (reading, decoding,
-WikiText rules, sentence splitting: Python work) while the main thread encodes the previous batch
-with `tokenizers`' `encode_batch_fast` (Rust, parallel, GIL released) and appends the ids to the
-store. Memory holds a few batches, never the corpus. The output is a pure function of the inputs
-and options, so a re-run is byte-identical.
+The corpus is streamed: a reader thread turns files into batches of paragraphs (reading, decoding,
+WikiText rules: Python work) while the main thread encodes the previous batch and appends the ids
+to the store. Memory holds a few batches, never the corpus. Two backends give the same ids:
+  native      (default) sentence splitting and WordPiece in C with the GIL released, on --workers
+              threads (`preprocess/native.py`); a sentence with a character the C tables do not
+              cover goes to `tokenizers`, in place
+  tokenizers  Python's sentence splitter, then HuggingFace `tokenizers` (`preprocess/reference.py`,
+              which also defines what a sentence's ids are)
+The output is a pure function of the inputs and options, never of the backend or worker count, so
+a re-run is byte-identical.
 """
 
 from __future__ import annotations
@@ -14,14 +19,13 @@ import queue as queue_mod
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from bertprep.preprocess.corpus import DOC_BREAK, FORMATS, ReadStats, check_input, detect_format, read_corpus
-from bertprep.preprocess.sentences import split_sentences
+from bertprep.preprocess.reference import ReferenceEncoder
 from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, save_tokenizer,
                                        special_ids, train_tokenizer)
 from bertprep.shards import tokenstore
@@ -29,9 +33,8 @@ from bertprep.shards.atomic import remove_stale_temps
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
 
-BATCH_SENTENCES = 16384
-GROUP_SENTENCES = 32
-SENTENCE_END = " [SEP] "
+BATCH_CHARS = 1 << 21
+BACKENDS = ("native", "tokenizers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +45,7 @@ class TokenizeConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     label: str | None = None          # --label (default: first dotted part of the first input's name)
     workers: int = 0                  # --workers; 0 = all cores
+    backend: str = "native"           # --backend: native (C, falls back to tokenizers) or tokenizers
     overwrite: bool = False           # --overwrite
     progress: bool = True             # progress bar on a terminal
 
@@ -52,6 +56,8 @@ class TokenizeConfig:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.label is not None:
             check_label(self.label)
 
@@ -60,78 +66,40 @@ class TokenizeConfig:
         return self.label or default_label(self.inputs[0])
 
 
-@dataclass
-class SentenceBatch:
-    """Groups of consecutive sentences of one document, each group one string for the encoder."""
-
-    texts: list[str]
-    starts_document: list[bool]  # per group: its first sentence opens a document
-
-
-def iter_sentence_batches(paths: list[tuple[Path, str]], stats: ReadStats, on_bytes=None,
-                          size: int = BATCH_SENTENCES) -> Iterator[SentenceBatch]:
-    """All inputs' sentences in order, in batches of about `size` sentences.
-
-    The encoder's cost is mostly per item, not per character, so sentences are not encoded one by
-    one: up to GROUP_SENTENCES consecutive sentences of a document form one string in which each
-    sentence ends with ` [SEP] `. `[SEP]` is a special token that the tokenizer splits out before
-    normalizing, and sentences meet at whitespace, so every sentence gets exactly the ids it would
-    get alone; `encode_batch` then cuts them apart at the [SEP] ids in numpy.
-    """
-    batch = SentenceBatch([], [])
-    group: list[str] = []
-    group_starts = False
-    n_sentences = 0
+def iter_paragraph_batches(paths: list[tuple[Path, str]], stats: ReadStats, on_bytes=None,
+                           size: int = BATCH_CHARS) -> Iterator[tuple[list[str], bytes]]:
+    """All inputs' paragraphs in order, in batches of about `size` characters, each batch with one
+    flag per paragraph: 1 when the paragraph opens a document."""
+    paragraphs: list[str] = []
+    opens = bytearray()
+    chars = 0
     new_doc = True
-
-    def close_group():
-        nonlocal group, group_starts
-        if group:
-            batch.texts.append(SENTENCE_END.join(group) + SENTENCE_END)
-            batch.starts_document.append(group_starts)
-            group, group_starts = [], False
-
     for path, fmt in paths:
         for para in read_corpus(path, fmt, stats, on_bytes):
             if para is DOC_BREAK:
-                close_group()
                 new_doc = True
                 continue
-            for sentence in split_sentences(para):
-                if not group:
-                    group_starts = new_doc
-                group.append(sentence)
-                new_doc = False
-                n_sentences += 1
-                if len(group) >= GROUP_SENTENCES:
-                    close_group()
-            if n_sentences >= size:
-                close_group()
-                yield batch
-                batch, n_sentences = SentenceBatch([], []), 0
-    close_group()
-    if batch.texts:
-        yield batch
+            paragraphs.append(para)
+            opens.append(new_doc)
+            new_doc = False
+            chars += len(para)
+            if chars >= size:
+                yield paragraphs, bytes(opens)
+                paragraphs, opens, chars = [], bytearray(), 0
+    if paragraphs:
+        yield paragraphs, bytes(opens)
 
 
-def encode_batch(tok, batch: SentenceBatch, special: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids without specials, tokens per sentence, sentence opens a document) for one batch."""
-    id_lists = [e.ids for e in tok.encode_batch_fast(batch.texts, add_special_tokens=False)]
-    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum()))
-    # Special-token strings written in the text itself ([CLS], [MASK], [PAD]) are not text: drop them.
-    drop = (ids == special["cls"]) | (ids == special["mask"]) | (ids == special["pad"])
-    if drop.any():
-        ids = ids[~drop]
-    ends = np.flatnonzero(ids == special["sep"])  # every sentence ends with one (a literal [SEP] splits one)
-    lengths = np.diff(np.concatenate([[-1], ends])) - 1
-    # The first sentence of each group carries the group's document flag.
-    sep_per_group = np.fromiter((lst.count(special["sep"]) for lst in id_lists), dtype=np.int64, count=len(id_lists))
-    first = np.concatenate([[0], np.cumsum(sep_per_group)[:-1]])
-    starts = np.zeros(len(ends), dtype=bool)
-    has = sep_per_group > 0
-    starts[first[has]] = np.asarray(batch.starts_document, dtype=bool)[has]
-    return np.delete(ids, ends), lengths, starts
+def make_encoder(tok, backend: str, threads: int):
+    """The encoder for `backend`, and why the native one was not used (None when it was or not asked)."""
+    if backend == "native":
+        from bertprep.preprocess import native
+
+        why = native.unsupported(tok)
+        if why is None:
+            return native.NativeEncoder(tok, threads), None
+        return ReferenceEncoder(tok), why
+    return ReferenceEncoder(tok), None
 
 
 def _in_background(gen: Iterator, depth: int = 3) -> Iterator:
@@ -250,13 +218,16 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     tok_sha = save_tokenizer(tok, cfg.out)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
+    threads = cfg.workers or len(os.sched_getaffinity(0))
+    encoder, fallback_reason = make_encoder(tok, cfg.backend, threads)
     writer = tokenstore.TokenStoreWriter(cfg.out, vocab_size)
     stats = ReadStats()
     unk = 0
     try:
         with _progress(total_bytes, cfg.progress, "tokenizing") as bar:
-            for batch in _in_background(iter_sentence_batches(resolved, stats, bar.update)):
-                ids, lengths, starts = encode_batch(tok, batch, specials)
+            batches = (encoder.prepare(*batch) for batch in iter_paragraph_batches(resolved, stats, bar.update))
+            for prepared in _in_background(batches):
+                ids, lengths, starts = encoder.encode(prepared)
                 unk += int(np.count_nonzero(ids == specials["unk"]))
                 writer.append(ids, lengths, starts)
         if writer.num_tokens == 0:
@@ -273,5 +244,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     except BaseException:
         writer.discard()
         raise
+    finally:
+        encoder.close()
     seconds = time.perf_counter() - t0
-    return {"manifest": manifest, "seconds": seconds, "tokens_per_s": manifest["counts"]["tokens"] / seconds}
+    return {"manifest": manifest, "seconds": seconds, "tokens_per_s": manifest["counts"]["tokens"] / seconds,
+            "backend": encoder.name, "fallback_reason": fallback_reason}
