@@ -19,7 +19,8 @@ import numpy as np
 
 from bertprep.shards.atomic import publish, read_format_json, sha256_file, temp_name, write_json
 from bertprep.shards.errors import ChecksumError, InputError, ShardFormatError
-from bertprep.shards.schema import id_dtype
+from bertprep.shards.naming import LABEL_RE
+from bertprep.shards.schema import SPECIAL_NAMES, id_dtype
 
 FORMAT_NAME = "bertprep-tokens"
 FORMAT_VERSION = 1
@@ -122,14 +123,49 @@ def read_manifest(directory: Path) -> dict:
         raise InputError(f"{directory}: no token store here (run `bertprep tokenize CORPUS --out {directory}` first)")
     if not path.exists():
         raise InputError(f"{path}: missing; {directory} is not a complete token store (re-run bertprep tokenize)")
-    return read_format_json(path, FORMAT_NAME, FORMAT_VERSION, "token store manifest", "; re-run bertprep tokenize")
+    manifest = read_format_json(path, FORMAT_NAME, FORMAT_VERSION, "token store manifest", "; re-run bertprep tokenize")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ShardFormatError(f"{path}: {problem}; re-run bertprep tokenize")
+    return manifest
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What makes a token store manifest unusable (a field missing, of the wrong type or out of
+    range), or None. Readers index these fields, so a hostile manifest stops here, not in numpy."""
+    files = m.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(DATA_FILES) or not all(
+            isinstance(v, str) for v in files.values()):
+        return f"'files' must give the sha256 of exactly {', '.join(DATA_FILES)}"
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("sha256"), str):
+        return "'tokenizer' lacks the tokenizer's sha256"
+    size = tok.get("vocab_size")
+    if not _is_count(size) or not 5 <= size <= 1 << 32:
+        return f"vocab_size {size!r} is not a vocabulary size"
+    sp = tok.get("special_ids")
+    if not isinstance(sp, dict) or sorted(sp) != sorted(SPECIAL_NAMES) or not all(
+            _is_count(v) and v < size for v in sp.values()):
+        return f"special_ids {sp!r} are not ids of {', '.join(SPECIAL_NAMES)} within the vocab"
+    if m.get("id_dtype") != id_dtype(size).name:
+        return f"id_dtype {m.get('id_dtype')!r} is not {id_dtype(size).name!r}, the id type of {size} ids"
+    counts = m.get("counts")
+    if not isinstance(counts, dict) or not all(_is_count(counts.get(k)) for k in ("documents", "sentences", "tokens")):
+        return "'counts' lacks the numbers of documents, sentences and tokens"
+    if not isinstance(m.get("label"), str) or not LABEL_RE.match(m["label"]):
+        return f"label {m.get('label')!r} is not a corpus label (letters, digits, '-')"
+    return None
 
 
 def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
     """Open and check a token store: manifest, checksums (when `verify`), and array consistency."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    for name in DATA_FILES + TOKENIZER_FILES[:1]:
+    for name in DATA_FILES + TOKENIZER_FILES:
         if not (directory / name).is_file():
             raise InputError(f"{directory / name}: missing from the token store (re-run bertprep tokenize)")
     if verify:
