@@ -86,6 +86,7 @@ class MsgpackShard:
 
     def _load(self) -> None:
         where = str(self.path)
+        n = None
         try:
             with open(self.path, "rb") as f:
                 reader = zstandard.ZstdDecompressor().stream_reader(f)
@@ -122,6 +123,9 @@ class MsgpackShard:
             raise ShardFormatError(f"{where}: truncated msgpack shard (fewer records than its header says)") from None
         except FileNotFoundError:
             raise ShardFormatError(f"{where}: no such shard file") from None
+        except MemoryError:  # the header's claim is within MAX_DECODED_BYTES but not within this machine
+            raise ShardFormatError(f"{where}: decoding needs more memory than this machine has "
+                                   f"(the header claims {n!r} examples)") from None
         except (zstandard.ZstdError, msgpack.UnpackException, ValueError, TypeError, KeyError, OSError) as e:
             raise ShardFormatError(f"{where}: unreadable msgpack shard ({e.__class__.__name__}: {e})") from None
         self._arrays = arrays
