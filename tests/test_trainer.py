@@ -182,9 +182,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(syn, tmp_path,
     real = loop.pretraining_loss
     calls = {"n": 0}
 
-    def poisoned(mlm, nsp, batch):
+    def poisoned(mlm, nsp, batch, **kw):
         calls["n"] += 1
-        loss, parts = real(mlm, nsp, batch)
+        loss, parts = real(mlm, nsp, batch, **kw)
         return (loss * float("nan"), parts) if calls["n"] > 5 else (loss, parts)
     monkeypatch.setattr(loop, "pretraining_loss", poisoned)
     cfg = make_cfg(syn, tmp_path / "run", ckpt_interval=2, log_interval=3)

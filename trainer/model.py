@@ -4,8 +4,10 @@ In the spirit of nanoGPT's model.py. Shapes: B batch, T sequence length, C hidde
 D = C / H head width, F feed-forward width, P prediction slots per example, V vocabulary.
 
 Differences from a textbook BERT that matter for speed, none for the maths:
-- the MLM head runs only at the P positions the shards chose for prediction (gathered before the
-  transform), not at all T positions: at small widths the (T, V) decoder dominates the step;
+- the MLM head runs only at the P positions the shards chose for prediction, not at all T
+  positions: at small widths the (T, V) decoder dominates the step; and the last encoder layer
+  computes its queries, attention output and feed-forward only at [CLS] and those P positions
+  (keys and values still come from all T), since no head reads the others;
 - the padding mask goes to `scaled_dot_product_attention` as a boolean (B, 1, 1, T) mask built on
   the device from the example lengths, so no float mask is ever copied from the host.
 
@@ -53,15 +55,16 @@ class SelfAttention(nn.Module):
         self.attn_dropout = cfg.dropout
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, mask):
+    def forward(self, xq, x, mask):
+        """Queries from xq (B, Q, C), keys and values from x (B, T, C); Q = T except in the last layer."""
         B, T, C = x.shape
-        H, D = self.heads, C // self.heads
-        q = self.q(x).view(B, T, H, D).transpose(1, 2)                             # (B, H, T, D)
+        Q, H, D = xq.size(1), self.heads, C // self.heads
+        q = self.q(xq).view(B, Q, H, D).transpose(1, 2)                            # (B, H, Q, D)
         k = self.k(x).view(B, T, H, D).transpose(1, 2)                             # (B, H, T, D)
         v = self.v(x).view(B, T, H, D).transpose(1, 2)                             # (B, H, T, D)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)   # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)                                     # (B, T, C)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)   # (B, H, Q, D)
+        y = y.transpose(1, 2).reshape(B, Q, C)                                     # (B, Q, C)
         return self.drop(self.proj(y))
 
 
@@ -87,12 +90,21 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.ffn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, rows=None):
+        """(B, T, C) -> (B, T, C), or (B, Q, C) at positions `rows` (B, Q) only, still attending
+        over all of x: the last layer need not compute what no head reads."""
+        xq = x if rows is None else gather_rows(x, rows)                           # (B, Q, C)
         if self.pre:
-            x = x + self.attn(self.attn_norm(x), mask)
-            return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn(x, mask))
-        return self.ffn_norm(x + self.ffn(x))                                      # (B, T, C)
+            h = self.attn_norm(x)                                                  # (B, T, C)
+            xq = xq + self.attn(h if rows is None else gather_rows(h, rows), h, mask)
+            return xq + self.ffn(self.ffn_norm(xq))
+        xq = self.attn_norm(xq + self.attn(xq, x, mask))
+        return self.ffn_norm(xq + self.ffn(xq))                                    # (B, Q, C)
+
+
+def gather_rows(x, rows):
+    """x (B, T, C) at positions rows (B, Q) -> (B, Q, C)."""
+    return torch.gather(x, 1, rows[:, :, None].expand(-1, -1, x.size(-1)))
 
 
 class MLMHead(nn.Module):
@@ -146,27 +158,31 @@ class Bert(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.tok.weight.numel() - self.embed.pos.weight.numel()
 
-    def encode(self, input_ids, token_type_ids, lengths):
-        """Hidden states (B, T, C) of a padded batch; positions >= length are never attended to."""
+    def encode(self, input_ids, token_type_ids, lengths, rows=None):
+        """Hidden states (B, T, C) of a padded batch, or (B, Q, C) at positions `rows` (B, Q) only
+        (computed so in the last layer); positions >= length are never attended to."""
         T = input_ids.size(1)
         keep = torch.arange(T, device=input_ids.device)[None, :] < lengths[:, None]  # (B, T)
         mask = keep[:, None, None, :]                                                # (B, 1, 1, T)
         x = self.embed(input_ids, token_type_ids)                                    # (B, T, C)
-        for block in self.layers:
-            x = block(x, mask)
+        for i, block in enumerate(self.layers):
+            x = block(x, mask, rows if i == len(self.layers) - 1 else None)
+        if rows is not None and not self.layers:
+            x = gather_rows(x, rows)
         return self.final_norm(x) if self.final_norm is not None else x
 
     def forward(self, input_ids, token_type_ids, lengths, masked_positions=None):
         """MLM logits (B, P, V) at `masked_positions` (B, P), or (B, T, V) at every position when
         None, and NSP logits (B, 2) (None without an NSP head)."""
-        h = self.encode(input_ids, token_type_ids, lengths)                          # (B, T, C)
-        if masked_positions is not None:
-            idx = masked_positions[:, :, None].expand(-1, -1, h.size(-1))             # (B, P, C)
-            h_mlm = torch.gather(h, 1, idx)                                          # (B, P, C)
-        else:
-            h_mlm = h
+        if masked_positions is None:
+            h = self.encode(input_ids, token_type_ids, lengths)                      # (B, T, C)
+            h_cls, h_mlm = h[:, 0], h
+        else:  # [CLS] (position 0) for NSP, then the prediction positions
+            cls = torch.zeros_like(masked_positions[:, :1])
+            h = self.encode(input_ids, token_type_ids, lengths, torch.cat([cls, masked_positions], 1))
+            h_cls, h_mlm = h[:, 0], h[:, 1:]                                         # (B, C), (B, P, C)
         mlm_logits = self.mlm(h_mlm, self.embed.tok.weight)                          # (B, P, V)
-        nsp_logits = self.nsp(h[:, 0]) if self.nsp is not None else None             # (B, 2)
+        nsp_logits = self.nsp(h_cls) if self.nsp is not None else None               # (B, 2)
         return mlm_logits, nsp_logits
 
 
@@ -176,11 +192,13 @@ def mlm_targets(masked_ids, num_masked):
     return torch.where(slot < num_masked[:, None], masked_ids, IGNORE)                # (B, P)
 
 
-def pretraining_loss(mlm_logits, nsp_logits, batch) -> tuple[torch.Tensor, dict]:
+def pretraining_loss(mlm_logits, nsp_logits, batch, accuracy: bool = True) -> tuple[torch.Tensor, dict]:
     """Mean MLM cross-entropy over the real prediction slots (+ NSP cross-entropy when present).
 
     Returns the total and a dict of detached parts (sums and counts, so they add across batches and
-    ranks): mlm_loss_sum, mlm_correct, mlm_count, nsp_correct, nsp_count. No host sync here.
+    ranks): mlm_loss_sum, mlm_count, and with `accuracy` mlm_correct, nsp_correct, nsp_count (an
+    argmax over (B*P, V) logits: a few % of a small model's step, so training leaves it out).
+    No host sync here.
     """
     targets = mlm_targets(batch["masked_ids"], batch["num_masked"])                  # (B, P)
     logits = mlm_logits.float().flatten(0, 1)                                        # (B*P, V)
@@ -190,25 +208,30 @@ def pretraining_loss(mlm_logits, nsp_logits, batch) -> tuple[torch.Tensor, dict]
     count = real.sum()
     mlm_loss = per_slot.sum() / count.clamp(min=1)
     with torch.no_grad():
-        parts = {
-            "mlm_loss_sum": per_slot.detach().sum(),
-            "mlm_correct": ((logits.argmax(-1) == flat) & real).sum(),
-            "mlm_count": count,
-        }
+        parts = {"mlm_loss_sum": per_slot.detach().sum(), "mlm_count": count}
+        if accuracy:
+            parts["mlm_correct"] = ((logits.argmax(-1) == flat) & real).sum()
     loss = mlm_loss
     if nsp_logits is not None and "nsp_label" in batch:
         labels = batch["nsp_label"]
         loss = loss + F.cross_entropy(nsp_logits.float(), labels)
-        with torch.no_grad():
-            parts["nsp_correct"] = (nsp_logits.argmax(-1) == labels).sum()
+        if accuracy:
+            parts["nsp_correct"] = (nsp_logits.detach().argmax(-1) == labels).sum()
             parts["nsp_count"] = torch.tensor(labels.numel(), device=labels.device)
     return loss, parts
 
 
-def flops_per_step(cfg: ModelConfig, batch: int, seq: int, predictions: int) -> float:
-    """Model FLOPs of one training step (forward + backward = 3x forward), matmuls only."""
-    C, F_, L, V = cfg.hidden, cfg.ffn, cfg.layers, cfg.vocab_size
-    per_token = L * (2 * 4 * C * C + 2 * 2 * C * F_ + 2 * 2 * seq * C)  # qkvo, ffn, scores + weighted sum
-    head = predictions * (2 * C * C + 2 * C * V)                           # transform + decoder
+def flops_per_step(cfg: ModelConfig, batch: int, seq: int, predictions: int, last_layer_rows: int | None = None) -> float:
+    """Matmul FLOPs of one training step (backward = 2x forward) for `batch` examples of `seq`
+    tokens with `predictions` MLM positions; the last layer computes queries and feed-forward at
+    `last_layer_rows` positions (ours: 1 + predictions; HF: seq)."""
+    C, Fw, L, V, T = cfg.hidden, cfg.ffn, cfg.layers, cfg.vocab_size, seq
+    Q = T if last_layer_rows is None else last_layer_rows
+
+    def layer(rows: int) -> float:  # k, v over all T; q, output, attention and FFN over `rows`
+        return 2 * 2 * C * C * T + rows * (2 * 2 * C * C + 2 * 2 * T * C + 2 * 2 * C * Fw)
+
+    encoder = (L - 1) * layer(T) + layer(Q) if L else 0
+    head = predictions * (2 * C * C + 2 * C * V)
     pooler = (2 * C * C + 2 * C * 2) if cfg.nsp else 0
-    return 3.0 * batch * (seq * per_token + head + pooler)
+    return 3.0 * batch * (encoder + head + pooler)

@@ -23,9 +23,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    fused = device.type == "cuda"  # the fused kernel is one launch per step on the GPU
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=fused or None)
+    """AdamW, fused (one kernel over all tensors) on CUDA and, where this torch has it, on CPU."""
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    try:
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # torch < 2.4 has no fused CPU AdamW
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kwargs)
 
 
 def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: float) -> float:

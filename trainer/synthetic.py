@@ -27,7 +27,7 @@ def synthetic_meta(*, max_len: int, vocab_size: int, nsp: bool, split: str = "tr
                    seed: int = 1, max_predictions: int | None = None) -> dict:
     return {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "max_len": max_len,
-        "max_predictions": max_predictions or max(1, round(max_len * 0.15)), "seed": seed, "strategy": "synthetic",
+        "max_predictions": max_predictions or max(1, round(max_len * 0.15)), "seed": seed, "strategy": "segment",
         "mask_prob": 0.15, "whole_word": False, "nsp": nsp, "vocab_size": vocab_size,
         "id_dtype": id_dtype(vocab_size).name, "special_ids": dict(SPECIALS), "tokenizer_sha256": "0" * 64,
         "label": label, "split": split,
