@@ -2,11 +2,11 @@
  * included, in C with the GIL released.
  *
  * Nothing here decides what the ids are: `preprocess/native.py` asks HuggingFace `tokenizers` how
- * its normalizer maps every code point below CMAP_LIMIT and how its pre-tokenizer classes every
- * output character, and hands that table in, together with the WordPiece vocabulary and the
- * sentence splitter's whitespace set and abbreviations. Code points the table marks SLOW (or any
- * at or above CMAP_LIMIT) make their sentence go back to Python, which encodes it with `tokenizers`
- * itself. This file implements only what is the same for every such table:
+ * its normalizer maps each code point (the BMP and the emoji blocks) and how its pre-tokenizer
+ * classes every output character, and hands that table in, together with the WordPiece vocabulary
+ * and the sentence splitter's whitespace set and abbreviations. Code points the table marks SLOW
+ * (and all at or above CMAP_LIMIT) make their sentence go back to Python, which encodes it with
+ * `tokenizers` itself. This file implements only what is the same for every such table:
  *   - the sentence rule of `preprocess/sentences.py` (its regex, reproduced as a scan; windows with
  *     non-ASCII text call back into Python's own `_ends_with_abbreviation`),
  *   - BertPreTokenizer: whitespace ends a word, punctuation is a word of its own,
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CMAP_LIMIT 0x30000
+#define CMAP_LIMIT 0x20000
 /* A cmap entry: the low two bits are a tag. */
 #define TAG_ONE 0  /* one output character: class in bits 2-3, code point in bits 8-31 */
 #define TAG_GONE 1 /* the normalizer removes it */

@@ -1,7 +1,7 @@
 """The native backend: BERT WordPiece in C (`_native.c`), exactly the reference's ids.
 
 Correctness does not rest on a re-implementation of BERT's normalizer. The C code reads a table,
-built here once per normalizer by asking `tokenizers` itself: every code point below CMAP_LIMIT
+built here once per normalizer by asking `tokenizers` itself: every code point in TABLE_RANGES
 is normalized (`normalize_str`, all of them in one call, `|` between them) and every character
 that comes out is classed by the BertPreTokenizer (`pre_tokenize_str`) as whitespace, punctuation
 or word. The BERT normalizer is a per-character map (clean-up, CJK spacing, lower-casing) except
@@ -9,8 +9,8 @@ for its NFD step, which also reorders runs of combining marks; so a code point i
 what it becomes holds no combining mark (canonical combining class 0 for every output character):
 then the marks that NFD produced were all removed, their order never mattered, and a text maps
 to the concatenation of its characters' maps. Everything else is SLOW: code points whose output
-keeps a combining mark, code points Python's `unicodedata` does not know, and everything at or
-above CMAP_LIMIT. A sentence with any SLOW character is encoded by `tokenizers` (the reference
+keeps a combining mark, code points Python's `unicodedata` does not know, and everything outside
+TABLE_RANGES (the BMP and the emoji blocks). A sentence with any SLOW character is encoded by `tokenizers` (the reference
 encoder), in place. The C side adds only what is the same for every table: words end at
 whitespace, punctuation is a word of its own, and WordPiece's greedy longest match with `##`
 continuations and [UNK] for a word over max_input_chars_per_word characters or without a match.
@@ -37,7 +37,10 @@ try:
 except ImportError:  # not built: `pip install -e .` compiles it
     _native = None
 
-CMAP_LIMIT = 0x30000
+CMAP_LIMIT = _native.CMAP_LIMIT if _native else 0x20000  # the C table's size
+# The code points the table covers: the BMP and the emoji blocks (other code points are rare and
+# go to tokenizers; asking tokenizers about fewer code points makes start-up faster).
+TABLE_RANGES = ((0, 0x10000), (0x1F000, 0x1FB00))
 TAG_ONE, TAG_GONE, TAG_MANY, TAG_SLOW = 0, 1, 2, 3
 CL_SPACE, CL_PUNCT, CL_WORD = 1, 2, 3
 MAX_WORD_CHARS = 1 << 16  # the C word buffer holds this many characters
@@ -93,7 +96,8 @@ def char_tables(tok: Tokenizer) -> tuple[bytes, bytes]:
     if key in _tables:
         return _tables[key]
     normalizer = tok.normalizer
-    cps = [c for c in range(CMAP_LIMIT) if not 0xD800 <= c < 0xE000 and c != 0x7C]
+    cps = [c for lo, hi in TABLE_RANGES for c in range(lo, hi)
+           if c != 0x7C and unicodedata.category(chr(c)) not in ("Cn", "Cs")]
     outputs = normalizer.normalize_str("|".join(map(chr, cps))).split("|")
     if len(outputs) != len(cps):  # some character maps to a `|`: ask one at a time
         outputs = [normalizer.normalize_str(chr(c)) for c in cps]
@@ -108,8 +112,7 @@ def char_tables(tok: Tokenizer) -> tuple[bytes, bytes]:
     items = _classes(distinct)[where] << 24 | flat
     owner = np.repeat(np.arange(len(outputs)), lengths)
     keeps_mark = np.bincount(owner, weights=marks[where], minlength=len(outputs)) > 0
-    unknown = np.fromiter((unicodedata.category(chr(c)) == "Cn" for c in cps), dtype=bool, count=len(cps))
-    slow = unknown | keeps_mark | (lengths > 15)
+    slow = keeps_mark | (lengths > 15)
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     entry = np.full(len(cps), TAG_SLOW, dtype=np.uint32)
     one = ~slow & (lengths == 1)
