@@ -89,7 +89,8 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
     if not isinstance(tok.model, models.WordPiece):
         raise InputError(f"{path}: tokenizer model is {type(tok.model).__name__}, bertprep needs WordPiece")
     special_ids(tok, str(path))
-    # Registered as special so they are split out of text whole; tokenizing relies on it for [SEP].
+    # Registered as special so that decoding skips them and `[CLS] A [SEP]` templates find them; when
+    # tokenizing they are text (reference.encoding_copy sets encode_special_tokens).
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return tok
 
