@@ -114,18 +114,24 @@ def iter_lines(path: Path, stats: ReadStats, on_bytes: Callable[[int], None] | N
             stats.bytes_read += len(block)
             data = rest + block
             cut = data.rfind(b"\n")
-            if cut < 0:
-                if len(data) <= MAX_LINE:
-                    rest = data
-                    continue
-                cut = data.rfind(b" ", 0, MAX_LINE)
-                cut = cut if cut > 0 else MAX_LINE
-                stats.lines_cut += 1
+            if cut >= 0:
+                rest = data[cut + 1:]
+                for line in _decode(data[:cut], stats).split("\n"):
+                    yield line.rstrip("\r")
+                continue
+            # No line end in sight: hand out pieces of at most MAX_LINE bytes, each cut at a space,
+            # until what is kept is no longer than MAX_LINE (cutting one piece per block would let
+            # `rest` grow with the line).
+            start = 0
+            while len(data) - start > MAX_LINE:
+                cut = data.rfind(b" ", start, start + MAX_LINE)
+                cut = cut if cut > start else start + MAX_LINE
                 while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # never inside a UTF-8 sequence
                     cut += 1
-            rest = data[cut + 1:] if data[cut:cut + 1] in (b"\n", b" ") else data[cut:]
-            for line in _decode(data[:cut], stats).split("\n"):
-                yield line.rstrip("\r")
+                stats.lines_cut += 1
+                yield _decode(data[start:cut], stats)
+                start = cut + 1 if data[cut:cut + 1] == b" " else cut
+            rest = data[start:]
         if rest:
             for line in _decode(rest, stats).split("\n"):
                 yield line.rstrip("\r")
@@ -140,10 +146,11 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
-    head = []
+    head, size = [], 0
     for line in iter_lines(path, ReadStats()):
         head.append(line)
-        if len(head) >= 200:
+        size += len(line)
+        if len(head) >= 200 or size >= MAX_LINE:  # 200 lines of a 200 MB line would be the whole file
             break
     return "wikitext" if wikitext.looks_like_wikitext(head) else "text"
 
