@@ -10,8 +10,10 @@ slot goes back to the thread only with the event of its copy, and the thread wai
 before overwriting it. On CPU the same code runs with the copy being the widening itself (a new
 tensor), after which the slot is free at once, so `make test` exercises the whole path.
 
-The ring holds compact dtypes (int32 ids: torch's uint16 support is partial on older versions and
-devices; uint8 segments; int8 NSP labels) and the device widens them.
+Each ring slot is one flat int32 buffer holding every column of a batch back to back (ids are
+uint16/uint32 in the shards; torch's uint16 support is partial, and int32 is half of int64), so a
+batch crosses to the device as one copy and is widened to int64 by one kernel, and the columns are
+contiguous views of that.
 """
 
 from __future__ import annotations
@@ -26,11 +28,7 @@ import torch
 
 from bertprep.trainer.stream import ShardStream
 
-RING_DTYPES = {
-    "input_ids": torch.int32, "token_type_ids": torch.uint8, "length": torch.int32,
-    "masked_positions": torch.int32, "masked_ids": torch.int32, "num_masked": torch.int32,
-    "nsp_label": torch.int8,
-}
+RING_DTYPE = torch.int32
 _POLL_S = 0.1
 
 
@@ -39,16 +37,19 @@ class Prefetcher:
     position of the batch `next()` would return next (batches still in the ring are not counted)."""
 
     def __init__(self, stream: ShardStream, device: torch.device, *, start: int = 0, ring: int = 4,
-                 chunk_rows: int = 4096, on_batch: Callable[[int, int, np.ndarray], None] | None = None):
+                 chunk_rows: int = 8192, on_batch: Callable[[int, int, np.ndarray], None] | None = None):
         self.stream, self.device = stream, torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.consumed = start            # index of the batch next() returns next
         self.wait_s = 0.0                # time next() spent blocked on the loader (reset by the caller)
         self._on_batch = on_batch        # (index, file, rows) of each batch handed out: for --trace-data
-        self._chunk = max(1, min(64, chunk_rows // stream.cfg.batch_size))
-        shapes = self._shapes(stream)
-        self._slots = [{k: torch.empty(s, dtype=RING_DTYPES[k], pin_memory=self.cuda) for k, s in shapes.items()}
-                       for _ in range(max(2, ring))]
+        self._chunk = max(1, min(256, chunk_rows // stream.cfg.batch_size))  # batches read per call
+        self._layout = self._plan_layout(stream)            # column -> (offset, shape) in a slot
+        self._sizes = [int(np.prod(shape)) for _, shape in self._layout.values()]
+        size = sum(self._sizes)
+        self._slots = [torch.empty(size, dtype=RING_DTYPE, pin_memory=self.cuda) for _ in range(max(2, ring))]
+        self._views = [{k: slot.numpy()[o:o + n].reshape(shape) for (k, (o, shape)), n in  # the thread fills these
+                        zip(self._layout.items(), self._sizes)} for slot in self._slots]
         self._free: stdqueue.Queue = stdqueue.Queue()
         for i in range(len(self._slots)):
             self._free.put((i, None))
@@ -60,10 +61,18 @@ class Prefetcher:
         self._thread.start()
 
     @staticmethod
-    def _shapes(stream: ShardStream) -> dict[str, tuple[int, ...]]:
+    def _plan_layout(stream: ShardStream) -> dict[str, tuple[int, tuple[int, ...]]]:
         sample = stream.shards[0].take(np.zeros(1, dtype=np.int64))
-        B = stream.cfg.batch_size
-        return {k: (B,) + v.shape[1:] for k, v in sample.items()}
+        layout, offset = {}, 0
+        for k, v in sample.items():
+            shape = (stream.cfg.batch_size,) + v.shape[1:]
+            layout[k] = (offset, shape)
+            offset += int(np.prod(shape))
+        return layout
+
+    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The columns of a flat slot-shaped tensor, as views."""
+        return {k: part.view(shape) for (k, (_, shape)), part in zip(self._layout.items(), flat.split(self._sizes))}
 
     # --- producer thread ------------------------------------------------------------------------
     def _fill(self, index: int) -> None:
@@ -73,8 +82,8 @@ class Prefetcher:
                     slot = self._take_free_slot()
                     if slot is None:
                         return
-                    for k, dst in self._slots[slot].items():
-                        dst.numpy()[...] = cols[k]  # casts to the ring dtype in place
+                    for k, dst in self._views[slot].items():
+                        dst[...] = cols[k]  # casts to int32 in place
                     self._ready.put((index, f, rows, slot))
                     index += 1
         except BaseException as e:  # handed to the consumer, which re-raises it
@@ -110,7 +119,7 @@ class Prefetcher:
             return None
         index, f, rows, slot = item
         with torch.cuda.stream(self._copy_stream):
-            dev = {k: t.to(self.device, non_blocking=True) for k, t in self._slots[slot].items()}
+            dev = self._slots[slot].to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._copy_stream)
         self._free.put((slot, done))
@@ -123,13 +132,13 @@ class Prefetcher:
             index, f, rows, dev, done = pending
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(done)
-            for t in dev.values():
-                t.record_stream(compute)  # allocated on the side stream, used on this one
-            batch = {k: t.long() for k, t in dev.items()}
+            dev.record_stream(compute)  # allocated on the side stream, used on this one
+            wide = dev.long()
         else:
             index, f, rows, slot = self._next_ready(block=True)
-            batch = {k: t.long() for k, t in self._slots[slot].items()}  # the copy: a new tensor
+            wide = self._slots[slot].long()  # the copy: a new tensor, so the slot is free at once
             self._free.put((slot, None))
+        batch = self._split(wide)
         if self._on_batch is not None:
             self._on_batch(index, f, rows)
         self.consumed = index + 1
