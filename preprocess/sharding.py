@@ -29,7 +29,7 @@ from bertprep.preprocess.seeding import STAGE_EXAMPLES, rng_for
 from bertprep.preprocess.splits import assign_documents, chunk_documents, parse_split
 from bertprep.shards import naming, schema
 from bertprep.shards.arrow_ipc import ArrowShardWriter
-from bertprep.shards.atomic import remove_stale_temps
+from bertprep.shards.atomic import environment_errors, remove_stale_temps
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.manifest import read_manifest, write_manifest
 from bertprep.shards.msgpack_zstd import MsgpackShardWriter
@@ -247,6 +247,13 @@ class _PartWriter:
             self._writer.discard()
 
 
+def _remove_parts(out: Path, files: list[dict]) -> None:
+    """Remove the parts a failed run completed: useless without the manifest (a re-run writes them
+    again), and on a full disk their space is what the next run needs."""
+    for f in files:
+        (out / f["name"]).unlink(missing_ok=True)
+
+
 def _ordered_results(tasks: list, workers: int, tokens_dir: Path) -> Iterator[dict]:
     """Task results in task order; at most 2 x workers in flight, so memory stays bounded."""
     if workers <= 1:
@@ -271,6 +278,11 @@ def _ordered_results(tasks: list, workers: int, tokens_dir: Path) -> Iterator[di
 
 def run_shard(cfg: ShardConfig) -> dict:
     """Write the shards of `cfg` and their manifest; returns the manifest plus timing."""
+    with environment_errors(cfg.out):  # a full disk or a read-only --out: one line, not a traceback
+        return _run_shard(cfg)
+
+
+def _run_shard(cfg: ShardConfig) -> dict:
     t0 = time.perf_counter()
     store = open_token_store(cfg.tokens, verify=True)
     tok_meta = store.manifest["tokenizer"]
@@ -329,6 +341,7 @@ def run_shard(cfg: ShardConfig) -> dict:
                     files += writer.close()
                 except BaseException:
                     writer.discard()
+                    _remove_parts(cfg.out, files + writer.files)
                     raise
                 s["tokens"] = s["examples"] * cfg.max_len
                 if s["examples"] == 0:
@@ -344,10 +357,15 @@ def run_shard(cfg: ShardConfig) -> dict:
             raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
         all_real = sum(v["real_tokens"] for v in stats.values())
         all_examples = sum(v["examples"] for v in stats.values())
-        manifest = write_manifest(cfg.out / naming.manifest_name(label, cfg.max_len, cfg.seed), {
+        body = {
             "label": label, "run": run, "meta": meta, "tokens_dir": str(cfg.tokens), "files": files, "splits": stats, "empty_splits": empty,
             "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
             "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
-        })
+        }
+        try:
+            manifest = write_manifest(cfg.out / naming.manifest_name(label, cfg.max_len, cfg.seed), body)
+        except BaseException:
+            _remove_parts(cfg.out, files)
+            raise
     seconds = time.perf_counter() - t0
     return {"manifest": manifest, "seconds": seconds, "examples_per_s": all_examples / seconds}

@@ -29,7 +29,7 @@ from bertprep.preprocess.reference import ReferenceEncoder
 from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, save_tokenizer,
                                        special_ids, train_tokenizer)
 from bertprep.shards import tokenstore
-from bertprep.shards.atomic import remove_stale_temps
+from bertprep.shards.atomic import environment_errors, remove_stale_temps
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
 
@@ -200,6 +200,11 @@ def _load_or_train(cfg: TokenizeConfig, resolved, total_bytes: int):
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
     """Tokenize the corpus into `cfg.out`; returns the manifest plus timing for the summary line."""
+    with environment_errors(cfg.out):  # a full disk or a read-only --out: one line, not a traceback
+        return _run_tokenize(cfg)
+
+
+def _run_tokenize(cfg: TokenizeConfig) -> dict:
     t0 = time.perf_counter()
     for p in cfg.inputs:
         check_input(p)

@@ -54,9 +54,13 @@ class ArrowShardWriter:
 
     def close(self) -> str:
         """Finish the file, give it its final name, return its sha256."""
-        self._writer.close()
-        self._sink.close()
-        publish(self._tmp, self.path)
+        try:
+            self._writer.close()
+            self._sink.close()
+            publish(self._tmp, self.path)
+        except BaseException:  # a full disk shows here first: leave no temporary file behind
+            self.discard()
+            raise
         return sha256_file(self.path)
 
     def discard(self) -> None:

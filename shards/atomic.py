@@ -8,13 +8,15 @@ an exception leaves only a `.tmp` file that never matches a final-name pattern.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import IO, Iterator
 
-from bertprep.shards.errors import ShardFormatError
+from bertprep.shards.errors import OutputError, ShardFormatError
 
 TMP_SUFFIX = ".tmp"
 
@@ -52,10 +54,37 @@ def atomic_write(final: Path | str, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+# What the machine, not bertprep, got wrong when writing: a one-line error instead of a traceback.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device; free space and re-run",
+    errno.EDQUOT: "disk quota exceeded; free space and re-run",
+    errno.EROFS: "read-only file system; choose another output directory",
+    errno.EACCES: "permission denied; choose another output directory",
+    errno.EPERM: "operation not permitted; choose another output directory",
+}
+
+
+@contextlib.contextmanager
+def environment_errors(where: Path | str) -> Iterator[None]:
+    """Turn a full disk or an unwritable output (`OSError` with one of ENVIRONMENT_ERRNOS) into an
+    `OutputError` naming `where`. pyarrow reports errno only inside its message ("[errno 28]")."""
+    try:
+        yield
+    except OSError as e:
+        code = e.errno
+        if code is None and (m := re.search(r"\[errno (\d+)\]", str(e))):
+            code = int(m.group(1))
+        if code not in ENVIRONMENT_ERRNOS:
+            raise
+        name = f" ({Path(e.filename).name})" if e.filename else ""
+        raise OutputError(f"{where}: cannot write{name}: {ENVIRONMENT_ERRNOS[code]}") from None
 
 
 def publish(tmp: Path, final: Path) -> None:

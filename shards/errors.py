@@ -23,3 +23,7 @@ class ShardFormatError(BertprepError):
 
 class ChecksumError(ShardFormatError):
     """A file's bytes differ from the checksum its manifest recorded."""
+
+
+class OutputError(BertprepError):
+    """The output cannot be written: a full disk, a read-only or forbidden output directory."""

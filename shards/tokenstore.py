@@ -12,6 +12,7 @@ Empty sentences and documents are never stored, so every document has >= 1 sente
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,8 @@ class TokenStoreWriter:
 
     def discard(self) -> None:
         for f in self._files.values():
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                f.close()
         for tmp in self._tmp.values():
             tmp.unlink(missing_ok=True)
 
