@@ -85,7 +85,7 @@ def test_loss_falls_on_real_shards(pydocs_shards, tmp_path):
 
 def test_metrics_jsonl_and_run_directory(syn, tmp_path):
     summary = train(make_cfg(syn, tmp_path / "run", max_steps=6, log_interval=2, val_interval=3, ckpt_interval=2,
-                             max_checkpoints=2, val_examples=1))
+                             max_checkpoints=2, val_examples=1, tensorboard=True))
     recs = records(tmp_path / "run")
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == [2, 4, 6]
@@ -100,6 +100,11 @@ def test_metrics_jsonl_and_run_directory(syn, tmp_path):
     assert "== step 3" in (tmp_path / "run" / "examples.txt").read_text()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["hidden"] == 32
     assert summary["step"] == 6 and summary["stopped"] == "max_steps" and "val_loss" in summary
+    try:
+        import tensorboard  # noqa: F401  (optional: events are skipped with a note without it)
+        assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    except ImportError:
+        assert not (tmp_path / "run" / "tb").exists()
     ck = ckpt_io.load(ckpt_io.newest(tmp_path / "run"))
     assert ck["step"] == 6 and ck["loader"]["next_batch"] == 6 and ck["data"]["vocab_size"] == 64
     assert set(ck) >= {"model", "optimizer", "scheduler", "rng", "config", "model_config"}
