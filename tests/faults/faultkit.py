@@ -122,7 +122,9 @@ def repeat_file(src: Path, dst: Path, copies: int) -> Path:
 
 
 def data_files(directory: Path) -> dict[str, bytes]:
-    """Every file under a final (non-hidden) name, with its bytes."""
+    """Every file under a final (non-hidden) name, with its bytes ({} for no directory)."""
+    if not Path(directory).is_dir():
+        return {}
     return {p.name: p.read_bytes() for p in sorted(Path(directory).iterdir()) if not p.name.startswith(".")}
 
 
