@@ -31,13 +31,17 @@ BERTPREP = [sys.executable, "-m", "bertprep.cli"]
 
 @dataclass
 class Run:
-    """A finished `bertprep` process."""
+    """A finished `bertprep` process, with memory peaks sampled every 20 ms from /proc while it ran.
+
+    Not `ru_maxrss` from wait4: Linux seeds a child's figure with the forking parent's (here the
+    pytest process's) resident set, which would hide what bertprep itself holds."""
 
     code: int
     out: str
     err: str
     seconds: float
-    peak_rss: int  # bytes: the largest resident set of the process or of any child it waited for
+    peak_rss: int  # bytes: the main process's own high-water mark (VmHWM)
+    peak_anon: int  # bytes: anonymous memory (heap, arrays) summed over its process group, its workers too
 
     def one_error_line(self) -> str:
         """The single `error: ...` line a refused command prints (asserting it is one line, no traceback)."""
@@ -63,15 +67,59 @@ def start(*args, cwd: Path | None = None, address_space: int | None = None) -> s
     return p
 
 
+def _status_kib(pid: int | str, keys: tuple[str, ...]) -> dict[str, int]:
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in keys:
+                    found[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose process group is `pgid`."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pgid:
+            members.append((int(entry.name), fields[0].decode()))
+    return members
+
+
+def _sample(pid: int, peak: dict, done: threading.Event) -> None:
+    while not done.is_set():
+        hwm = _status_kib(pid, ("VmHWM",)).get("VmHWM", 0)
+        anon = sum(_status_kib(m, ("RssAnon",)).get("RssAnon", 0) for m, _ in group_members(pid))
+        peak["hwm"], peak["anon"] = max(peak["hwm"], hwm), max(peak["anon"], anon)
+        done.wait(0.02)
+
+
 def finish(p: subprocess.Popen, timeout: float = 120, reap: bool = True) -> Run:
     """Wait for a started process (killing its group after `timeout`: a hang fails the test), then
     kill whatever it left in its process group unless `reap` is false."""
     timer = threading.Timer(timeout, kill_group, (p.pid,))
     timer.start()
+    peak, done = {"hwm": 0, "anon": 0}, threading.Event()
+    sampler = threading.Thread(target=_sample, args=(p.pid, peak, done), daemon=True)
+    sampler.start()
     try:
-        _, status, usage = os.wait4(p.pid, 0)
+        # waitid with WNOWAIT leaves the zombie, so /proc/PID still answers until the sampler is done
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
     finally:
         timer.cancel()
+        done.set()
+        sampler.join()
+    _, status = os.waitpid(p.pid, 0)
     seconds = time.monotonic() - p.t0  # type: ignore[attr-defined]
     p.returncode = os.waitstatus_to_exitcode(status)
     if reap:
@@ -84,7 +132,7 @@ def finish(p: subprocess.Popen, timeout: float = 120, reap: bool = True) -> Run:
         f.close()
     if p.returncode == -signal.SIGKILL and seconds >= timeout:
         raise AssertionError(f"{' '.join(map(str, p.args))} still running after {timeout}s (a hang)")
-    return Run(p.returncode, texts[0], texts[1], seconds, usage.ru_maxrss * 1024)
+    return Run(p.returncode, texts[0], texts[1], seconds, peak["hwm"], peak["anon"])
 
 
 def bertprep(*args, timeout: float = 120, cwd: Path | None = None, address_space: int | None = None) -> Run:
@@ -99,17 +147,7 @@ def kill_group(pgid: int) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group is still running (zombies excluded: they hold nothing)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, group = fields[0], int(fields[3])
-        if group == pgid and state != "Z":
-            return True
-    return False
+    return any(state != "Z" for _, state in group_members(pgid))
 
 
 def repeat_file(src: Path, dst: Path, copies: int) -> Path:
@@ -118,6 +156,28 @@ def repeat_file(src: Path, dst: Path, copies: int) -> Path:
         for _ in range(copies):
             with open(src, "rb") as f:
                 shutil.copyfileobj(f, out)
+    return dst
+
+
+def scaled_store(src: Path, dst: Path, copies: int) -> Path:
+    """A token store of `copies` copies of `src`'s documents, written by bertprep's own
+    TokenStoreWriter one copy at a time: a big store in seconds, without tokenizing a big corpus."""
+    import numpy as np
+
+    from bertprep.shards import tokenstore
+
+    store = tokenstore.open_token_store(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in tokenstore.TOKENIZER_FILES:
+        shutil.copyfile(src / name, dst / name)
+    lengths = np.diff(np.asarray(store.sent_offsets))
+    starts = np.zeros(len(lengths), dtype=bool)
+    starts[np.asarray(store.doc_offsets[:-1])] = True
+    writer = tokenstore.TokenStoreWriter(dst, store.manifest["tokenizer"]["vocab_size"])
+    for _ in range(copies):
+        writer.append(store.ids, lengths, starts)
+    keep = {k: v for k, v in store.manifest.items() if k not in ("files", "counts", "format", "format_version")}
+    writer.close(dict(keep, counts={}))
     return dst
 
 
