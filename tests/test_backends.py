@@ -138,6 +138,23 @@ def test_native_ids_equal_the_reference_per_line(tok, cased_tok, lines, cased):
     np.testing.assert_array_equal(got_ids, want_ids)
 
 
+sentence_strategy = st.lists(st.sampled_from(
+    ["Mr", "dr", "E.g", "U.S", "A", "b", "\u00c9t", "\u212a", "\u0130", "word", "1", "ab" * 13, ".", ".", "!", "?",
+     '"', "'", "(", ")", "[", "]", "\u201c", "\u201d", "\u2018", "\u2019", " ", " ", "  ", "\u00a0", "\u2003",
+     "\x1c", "\t"]), min_size=1, max_size=40).map("".join).map(str.strip).filter(bool)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(sentence_strategy, min_size=1, max_size=4))
+def test_native_sentence_splitting_equals_the_python_rule(tok, lines):
+    """Abbreviations, initials, quotes and brackets around `.!?`, Unicode whitespace and non-ASCII
+    words before a `.` (which the C code hands back to Python)."""
+    got_ids, got_lengths = native_lines(tok, lines)
+    want_ids, want_lengths = reference_lines(tok, lines)
+    np.testing.assert_array_equal(got_lengths, want_lengths)
+    np.testing.assert_array_equal(got_ids, want_ids)
+
+
 def test_literal_special_tokens_are_text_in_both_backends(tok):
     words = {i: w for w, i in tok.get_vocab().items()}
     line = "Press [MASK] now. Then [CLS] and [SEP] and [PAD] too."
