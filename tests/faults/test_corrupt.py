@@ -289,3 +289,34 @@ def test_damaged_or_hostile_token_stores_get_one_line(token_store_copy, tmp_path
     out = tmp_path / "out"
     refused(capsys, "shard", "--tokens", token_store_copy, "--out", out)
     assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+
+
+class _OpensAFile:
+    """Unpickling this calls open(path, "w"): evidence that a reader ran code from a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_in_an_arrow_shard_is_never_run(built, tmp_path, capsys):
+    """An Arrow shard whose `input_ids` field declares the `arrow.py_extension_type` extension with
+    a pickle (pyarrow before 14.0.1 unpickled it on open: CVE-2023-47248) is read as plain data."""
+    import pickle
+
+    marker = tmp_path / "ran"
+    table = pa.ipc.open_file(pa.memory_map(str(first(built["arrow"])))).read_all()
+    field = table.schema.field("input_ids").with_metadata({
+        b"ARROW:extension:name": b"arrow.py_extension_type",
+        b"ARROW:extension:metadata": pickle.dumps(_OpensAFile(marker)),
+    })
+    schema = table.schema.set(table.schema.get_field_index("input_ids"), field)
+    f = tmp_path / first(built["arrow"]).name
+    with pa.ipc.new_file(str(f), schema) as w:
+        w.write_table(table.cast(schema))
+    capsys.readouterr()
+    for command in ("verify", "inspect"):
+        assert run_cli([command, f]) in (0, 2)
+    assert not marker.exists()
