@@ -172,6 +172,108 @@ def verify(paths):
     click.echo(f"ok: {r['files']} files, {r['examples']:,} examples verified")
 
 
+@cli.command()
+@click.option("--checkpoint", help="Pretraining run directory (its newest checkpoint) or checkpoint file.")
+@click.option("--init-from-hf", "init_from_hf", type=click.Path(path_type=Path),
+              help="Start from a HuggingFace BERT directory (weights and tokenizer) instead of --checkpoint.")
+@click.option("--train", "train_file", required=True, help="Labelled training set: .parquet (SST-2 layout), .tsv, .csv or .jsonl.")
+@click.option("--val", "val_file", required=True, help="Labelled validation set, evaluated after each epoch.")
+@click.option("--test", "test_file", help="Labelled test set, evaluated once with the best epoch's model.")
+@click.option("--text-column", default="sentence", show_default=True)
+@click.option("--label-column", default="label", show_default=True, help="Integer labels 0..K-1.")
+@click.option("--out", default="runs/finetune", show_default=True, help="Run directory: best.pt, metrics.jsonl, tokenizer.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True, help="Share of steps of linear warm-up; then linear decay to 0.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW decay (not on biases and LayerNorm).")
+@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--dropout", type=float, default=0.1, show_default=True)
+@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per sentence, [CLS]/[SEP] included.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--from-scratch", is_flag=True, help="Same architecture with random weights (the baseline to compare with).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_column, label_column, out, epochs,
+             batch_size, lr, warmup_ratio, weight_decay, clip, dropout, max_len, seed, from_scratch, device):
+    """Fine-tune a pretrained encoder for sentence classification (SST-2 and alike).
+
+    Defaults follow the BERT paper: AdamW lr 2e-5, batch 32, 3 epochs, 10% warm-up then linear
+    decay, weight decay 0.01, clipping 1.0. Validation accuracy after each epoch; the best epoch is
+    kept as OUT/best.pt and tested at the end.
+
+    Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet
+    """
+    from bertprep.trainer.finetune import FinetuneConfig
+    from bertprep.trainer.finetune import finetune as run_finetune
+
+    cfg = FinetuneConfig(checkpoint=checkpoint, init_from_hf=str(init_from_hf) if init_from_hf else None,
+                         train=train_file, val=val_file, test=test_file, text_column=text_column,
+                         label_column=label_column, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                         warmup_ratio=warmup_ratio, weight_decay=weight_decay, clip=clip, dropout=dropout,
+                         max_len=max_len, seed=seed, from_scratch=from_scratch, device=device)
+    result = run_finetune(cfg, echo=click.echo)
+    click.echo(f"best epoch {result['best_epoch']}: val acc {100 * result['val_acc']:.2f}%"
+               + (f", test acc {100 * result['test_acc']:.2f}%" if "test_acc" in result else "") + f" -> {out}/best.pt")
+
+
+@cli.command()
+@click.argument("sentences", nargs=-1)
+@click.option("--checkpoint", required=True, help="Pretraining run (fill-mask) or fine-tuned run (class probabilities).")
+@click.option("--file", "file_", type=click.Path(path_type=Path), help="Read sentences from this file, one per line.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Tokens shown per [MASK].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def predict(sentences, checkpoint, file_, top_k, as_json):
+    """Fill in each [MASK] of SENTENCES with the top-k tokens and their probabilities; with a
+    fine-tuned checkpoint, print class probabilities instead.
+
+    Example: bertprep predict --checkpoint runs/run0 "the capital of france is [MASK] ."
+
+    --json prints, per sentence, per [MASK] in order, a list of {"token", "prob"}, best first
+    (class probabilities: per sentence, a list of probabilities by class).
+    """
+    import json
+
+    from bertprep.shards.errors import InputError
+    from bertprep.trainer.inference import predict as run_predict
+
+    texts = list(sentences)
+    if file_ is not None:
+        try:
+            texts += [line.strip() for line in file_.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{file_}: cannot read ({e.__class__.__name__})") from None
+    if top_k < 1:
+        raise InputError(f"--top-k must be >= 1, got {top_k}")
+    result = run_predict(checkpoint, texts, top_k)
+    if as_json:
+        click.echo(json.dumps(result["results"]))
+        return
+    for text, res in zip(texts, result["results"]):
+        click.echo(text)
+        if result["kind"] == "classify":
+            best = max(range(len(res)), key=res.__getitem__)
+            click.echo("  class probabilities: " + ", ".join(f"{k}: {p:.4f}" for k, p in enumerate(res))
+                       + f"  -> {best}")
+            continue
+        for n, options in enumerate(res, 1):
+            click.echo(f"  [MASK] {n}: " + " | ".join(f"{o['token']} {o['prob']:.4f}" for o in options))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Pretraining run directory or checkpoint file.")
+@click.option("--hf", "hf_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
+def export(checkpoint, hf_dir):
+    """Write a HuggingFace BERT directory: config.json, model.safetensors, vocab.txt, tokenizer.json.
+
+    transformers.BertForMaskedLM.from_pretrained(DIR) loads it (BertForPreTraining when the model
+    was trained with NSP).
+    """
+    from bertprep.trainer.interchange import export_hf
+
+    r = export_hf(checkpoint, hf_dir)
+    click.echo(f"exported step {r['step']} as {r['architecture']} ({r['tensors']} tensors) -> {r['out']}/")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the click group, mapping our errors to one line and exit 2."""
     try:

@@ -1,0 +1,147 @@
+"""HuggingFace interchange: `bertprep export` writes a directory `transformers` loads as
+`BertForMaskedLM` (or `BertForPreTraining` when NSP was trained); `--init-from-hf DIR` reads one.
+
+Weights travel as safetensors (never pickle); names go through `trainer/hf.py`'s rename table.
+`transformers` itself is never imported here: only its file layout is spoken.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bertprep.shards.atomic import atomic_write, write_json
+from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint
+from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.hf import from_hf, hf_config, to_hf
+
+SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """An encoder ready to load: where it came from, its shape, weights (our names) and tokenizer."""
+
+    source: str
+    model_config: ModelConfig
+    state: dict
+    tokenizer: Path
+    data: dict  # vocab_size, max_len, special_ids, nsp, tokenizer_sha256 (as a pretraining checkpoint keeps)
+
+
+def _lowercase(tokenizer_json: Path) -> bool:
+    norm = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer") or {}
+    return bool(norm.get("lowercase", False))
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> dict:
+    """Write config.json, model.safetensors, vocab.txt, tokenizer.json and the tokenizer configs."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = resolve_checkpoint(checkpoint)
+    ckpt = ckpt_io.load(path)
+    mcfg = ModelConfig(**ckpt["model_config"])
+    data = ckpt["data"]
+    config = hf_config(mcfg, data["special_ids"]["pad"])  # refuses pre-norm models
+    arch = "BertForPreTraining" if mcfg.nsp else "BertForMaskedLM"
+    # safetensors refuses tensors that share memory: the tied decoder entries are stored as copies.
+    state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in to_hf(ckpt["model"]).items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = find_tokenizer(ckpt, path)
+    keep_tokenizer(tok, out)
+    with atomic_write(out / "model.safetensors") as f:
+        f.write(safetensors_bytes(state, metadata={"format": "pt"}))
+    write_json(out / "config.json", {**config, "model_type": "bert", "architectures": [arch]})
+    write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": _lowercase(tok), "model_max_length": mcfg.max_len,
+        **{f"{k}_token": v for k, v in SPECIALS.items()}})
+    write_json(out / "special_tokens_map.json", {f"{k}_token": v for k, v in SPECIALS.items()})
+    return {"out": str(out), "architecture": arch, "tensors": len(state), "step": int(ckpt["step"])}
+
+
+def _read_weights(directory: Path) -> dict:
+    st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ShardFormatError(f"{st}: unreadable safetensors file ({e})") from None
+    if pt.is_file():
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True)  # never runs code from the file
+        except Exception as e:
+            raise ShardFormatError(f"{pt}: not loadable as plain weights ({e.__class__.__name__})") from None
+    raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def load_hf(directory: str | Path) -> Pretrained:
+    """A HuggingFace BERT directory (BertModel, BertForMaskedLM or BertForPreTraining weights) as our
+    encoder. Heads the directory lacks (a bare BertModel has no MLM head) keep their fresh init."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{directory}: no config.json (not a HuggingFace model directory)") from None
+    except ValueError as e:
+        raise ShardFormatError(f"{directory / 'config.json'}: not valid JSON ({e})") from None
+    if config.get("model_type", "bert") != "bert" or config.get("hidden_act", "gelu") != "gelu":
+        raise ConfigError(f"{directory}: a {config.get('model_type')} model with {config.get('hidden_act')} "
+                          "activations; bertprep reads BERT models with gelu")
+    hf_state = _read_weights(directory)
+    if not any(k.startswith("bert.") for k in hf_state):  # a bare BertModel: prefix its keys
+        hf_state = {f"bert.{k}": v for k, v in hf_state.items()}
+    nsp = "cls.seq_relationship.weight" in hf_state and "bert.pooler.dense.weight" in hf_state
+    hf_state = {k: v for k, v in hf_state.items() if nsp or not k.startswith("bert.pooler.")}
+    mcfg = ModelConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
+                       layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                       heads=config["num_attention_heads"], ffn=config["intermediate_size"],
+                       dropout=config.get("hidden_dropout_prob", 0.1), nsp=nsp,
+                       type_vocab_size=config.get("type_vocab_size", 2),
+                       layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+                       init_std=config.get("initializer_range", 0.02))
+    tok = directory / "tokenizer.json"
+    if not tok.is_file():
+        if not (directory / "vocab.txt").is_file():
+            raise InputError(f"{directory}: no tokenizer.json or vocab.txt")
+        from bertprep.preprocess.vocab import load_vocab_txt, save_tokenizer
+
+        lower = json.loads((directory / "tokenizer_config.json").read_text()).get("do_lower_case", True) \
+            if (directory / "tokenizer_config.json").is_file() else True
+        save_tokenizer(load_vocab_txt(directory / "vocab.txt", lower), directory)
+    from bertprep.preprocess.vocab import load_tokenizer_json, special_ids
+    from bertprep.shards.atomic import sha256_file
+
+    specials = special_ids(load_tokenizer_json(tok), str(tok))
+    data = {"vocab_size": mcfg.vocab_size, "max_len": mcfg.max_len, "special_ids": specials, "nsp": nsp,
+            "tokenizer_sha256": sha256_file(tok)}
+    return Pretrained(str(directory), mcfg, from_hf(hf_state), tok, data)
+
+
+def load_pretrained(checkpoint: str | Path | None = None, hf_dir: str | Path | None = None) -> Pretrained:
+    """The encoder of a bertprep pretraining checkpoint (a file or run directory) or of a HF directory."""
+    if (checkpoint is None) == (hf_dir is None):
+        raise ConfigError("give exactly one of --checkpoint and --init-from-hf")
+    if hf_dir is not None:
+        return load_hf(hf_dir)
+    path = resolve_checkpoint(checkpoint)
+    ckpt = ckpt_io.load(path)
+    return Pretrained(str(path), ModelConfig(**ckpt["model_config"]), ckpt["model"], find_tokenizer(ckpt, path),
+                      ckpt["data"])
+
+
+def load_encoder(pre: Pretrained, model) -> list[str]:
+    """Load `pre.state` into a `Bert`; returns the names left at their fresh init (heads the source
+    lacked). Any other mismatch is an error."""
+    result = model.load_state_dict(pre.state, strict=False)
+    bad = [k for k in result.missing_keys if not k.startswith("mlm.")] + list(result.unexpected_keys)
+    if bad:
+        raise ShardFormatError(f"{pre.source}: weights do not fit the model ({', '.join(bad[:3])} ...)")
+    return list(result.missing_keys)
