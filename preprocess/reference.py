@@ -62,6 +62,12 @@ class ReferenceEncoder:
         groups = [sentences[i:i + GROUP] for i in range(0, len(sentences), GROUP)]
         texts = [MARKER.join(g) + MARKER for g in groups]
         clean = [t.count(MARKER) == len(g) for t, g in zip(texts, groups)]
+        if all(clean):  # the usual case: cut all groups apart at once
+            ids, _ = _flat([e.ids for e in self.grouped.encode_batch_fast(texts, add_special_tokens=False)])
+            ends = np.flatnonzero(ids == self.marker_id)
+            if len(ends) != len(sentences):  # cannot happen when the text counts matched: a bug
+                raise RuntimeError(f"marker count {len(ends)} != {len(sentences)} sentences")
+            return np.delete(ids, ends), np.diff(ends, prepend=-1) - 1
         encoded = iter(self.grouped.encode_batch_fast([t for t, ok in zip(texts, clean) if ok],
                                                       add_special_tokens=False))
         alone = iter(self.plain.encode_batch_fast([s for g, ok in zip(groups, clean) if not ok for s in g],
