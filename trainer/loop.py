@@ -77,6 +77,14 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     ck = _checkpoint_to_resume(cfg, run_dir, data)
     log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, quiet=cfg.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
+    try:
+        return _prepare(cfg, d, shards, data, run_dir, ck, log).loop()
+    finally:
+        log.close()
+
+
+def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog) -> _Run:
+    """Model, optimizer, schedule and loader, fresh or restored from `ck`."""
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     mcfg = ModelConfig(**ck["model_config"]) if ck else ModelConfig(
@@ -103,6 +111,10 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
         _restore_rng(ck["rng"], d)
         step = int(ck["step"])
         log.truncate_after(step)
+        shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
+        if shape != cfg.shape() or (mcfg.dropout, mcfg.norm) != (cfg.dropout, cfg.norm):
+            log.say(f"note: the model's shape comes from the checkpoint ({shape}, dropout {mcfg.dropout}, "
+                    f"{mcfg.norm}-norm); the model flags of this run are ignored")
     val = _validation_data(cfg, shards, d, log)
     if d.is_main:
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
@@ -114,8 +126,7 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
         log.say(log.tb_note)
     if ck:
         log.write({"event": "resume", "step": step})
-    ctx = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val)
-    return ctx.loop(step, start_batch)
+    return _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict | None:
@@ -174,16 +185,17 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 class _Run:
     """The state of one training run between steps; `loop()` is the training loop proper."""
 
-    def __init__(self, cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val):
+    def __init__(self, cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch):
         self.cfg, self.d, self.raw, self.model, self.opt, self.sched = cfg, d, raw, model, opt, sched
         self.stream, self.log, self.run_dir, self.data, self.mcfg, self.val = stream, log, run_dir, data, mcfg, val
         self.autocast = _autocast(cfg, d.device)
         self.last_ckpt: Path | None = ckpt_io.newest(run_dir)
         self.last_val: dict = {}
         self.trace = None
+        self.start_step, self.start_batch = step, start_batch
 
-    def loop(self, step: int, start_batch: int) -> dict:
-        cfg, d = self.cfg, self.d
+    def loop(self) -> dict:
+        cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
         tokens_per_micro = cfg.batch_size * self.data["max_len"] * d.world_size
         window = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, mlm loss sum, mlm count
         micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
@@ -242,7 +254,6 @@ class _Run:
                    "data_wait_frac": total_wait / elapsed if done_steps else 0.0,
                    "params": self.raw.num_params(), "first_step": first_step} | self.last_val
         self.log.write({"event": "end", "step": step, "stopped": stopped})
-        self.log.close()
         return summary
 
     def _agree_stop(self, local: bool) -> bool:
