@@ -3,6 +3,13 @@ once per session (a vocab trained on a 165 KB slice of the Python docs)."""
 
 from __future__ import annotations
 
+import os
+
+# Tests train tiny models: one intra-op thread is as fast as two, and on a busy machine OpenMP's
+# spinning threads make every step ten times slower. Set before anything imports torch; the
+# torchrun and CLI subprocesses that tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 from pathlib import Path
 
