@@ -6,7 +6,6 @@ refuse each with one line naming the file and the problem, never a traceback or 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -177,7 +176,7 @@ HOSTILE_META = {
     "id_dtype nonsense": {"id_dtype": "no-such-type"},
     "nsp a string": {"nsp": "yes"},
     "max_predictions a float": {"max_predictions": 9.5},
-    "meta a list": None,
+    "meta null": None,
 }
 
 
