@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from bertprep.preprocess.labelled import Labelled, read_labelled
+from bertprep.trainer.labelled import Labelled, read_labelled
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.trainer.artifacts import keep_tokenizer

@@ -8,6 +8,7 @@ Weights travel as safetensors (never pickle); names go through `trainer/hf.py`'s
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,15 +112,22 @@ def load_hf(directory: str | Path) -> Pretrained:
     if not tok.is_file():
         if not (directory / "vocab.txt").is_file():
             raise InputError(f"{directory}: no tokenizer.json or vocab.txt")
-        from bertprep.preprocess.vocab import load_vocab_txt, save_tokenizer
+        from tokenizers.implementations import BertWordPieceTokenizer
 
-        lower = json.loads((directory / "tokenizer_config.json").read_text()).get("do_lower_case", True) \
-            if (directory / "tokenizer_config.json").is_file() else True
-        save_tokenizer(load_vocab_txt(directory / "vocab.txt", lower), directory)
-    from bertprep.preprocess.vocab import load_tokenizer_json, special_ids
+        settings = directory / "tokenizer_config.json"
+        lower = json.loads(settings.read_text(encoding="utf-8")).get("do_lower_case", True) if settings.is_file() else True
+        # built beside, never inside, the user's directory; finetune/train copy it into their run
+        tok = Path(tempfile.mkdtemp(prefix="bertprep-hf-")) / "tokenizer.json"
+        BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower).save(str(tok))
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tok)).get_vocab(with_added_tokens=True)
+    missing = [t for t in SPECIALS.values() if t not in vocab]
+    if missing:
+        raise InputError(f"{tok}: vocabulary lacks the special tokens {' '.join(missing)} that BERT needs")
+    specials = {k: vocab[t] for k, t in SPECIALS.items()}
     from bertprep.shards.atomic import sha256_file
 
-    specials = special_ids(load_tokenizer_json(tok), str(tok))
     data = {"vocab_size": mcfg.vocab_size, "max_len": mcfg.max_len, "special_ids": specials, "nsp": nsp,
             "tokenizer_sha256": sha256_file(tok)}
     return Pretrained(str(directory), mcfg, from_hf(hf_state), tok, data)
