@@ -16,6 +16,7 @@ import bz2
 import gzip
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -171,7 +172,10 @@ def _wikitext_paragraphs(lines: Iterator[str]) -> Iterator[str | None]:
             yield wikitext.unescape(line).strip()
 
 
-def _jsonl_paragraphs(path: Path, lines: Iterator[str]) -> Iterator[str | None]:
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _jsonl_paragraphs(path: Path, lines: Iterator[str], stats: ReadStats) -> Iterator[str | None]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -182,6 +186,10 @@ def _jsonl_paragraphs(path: Path, lines: Iterator[str]) -> Iterator[str | None]:
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise InputError(f"{path}:{n}: no string field 'text' in this JSON line")
+        # JSON's \ud800 escapes can spell lone surrogates, which are not text: replaced and counted
+        # as invalid, like undecodable bytes.
+        text, bad = _SURROGATE_RE.subn("\ufffd", text)
+        stats.invalid_utf8 += bad
         yield DOC_BREAK
         for para in text.split("\n"):
             if para.strip():
@@ -224,6 +232,6 @@ def read_corpus(path: Path, fmt: str, stats: ReadStats,
     if fmt == "wikitext":
         yield from _wikitext_paragraphs(lines)
     elif fmt == "jsonl":
-        yield from _jsonl_paragraphs(path, lines)
+        yield from _jsonl_paragraphs(path, lines, stats)
     else:
         yield from _text_paragraphs(lines)

@@ -202,3 +202,12 @@ def test_uint32_ids_when_the_vocab_exceeds_uint16():
     from bertprep.shards.schema import id_dtype
 
     assert id_dtype(30522) == np.uint16 and id_dtype(65536) == np.uint16 and id_dtype(65537) == np.uint32
+
+
+def test_lone_surrogates_in_jsonl_are_replaced_and_counted(tmp_path):
+    corpus = tmp_path / "s.jsonl"
+    corpus.write_text('{"text": "ok \\ud800 here. Second one."}\n{"text": "fine."}\n')
+    code, out = tokenize(tmp_path, corpus)
+    assert code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["invalid_utf8"] == 1 and m["counts"]["documents"] == 2
