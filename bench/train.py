@@ -90,22 +90,25 @@ def bench_step(shape: str, *, B: int, T: int, P: int, V: int, steps: int, warmup
         opts["hf"].step()
         opts["hf"].zero_grad(set_to_none=True)
 
-    times = {"ours": [], "hf": []}
+    times, cpu = {"ours": [], "hf": []}, {"ours": [], "hf": []}
     for i in range(warmup + steps):
-        for name, fn in (("ours", step_ours), ("hf", step_hf)):
+        for name, fn in (("ours", step_ours), ("hf", step_hf)):  # alternate: load hits both alike
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     out = {"shape": shape, "device": device.type, "batch": B, "seq": T, "predictions": P, "vocab": V,
            "threads": torch.get_num_threads(), "ours_step_s": med["ours"], "hf_step_s": med["hf"],
            "ours_tokens_per_s": B * T / med["ours"], "hf_tokens_per_s": B * T / med["hf"],
-           "ours_samples_per_s": B / med["ours"], "speedup": med["hf"] / med["ours"]}
+           "ours_samples_per_s": B / med["ours"], "speedup": med["hf"] / med["ours"],
+           "ours_cpu_s": med_cpu["ours"], "hf_cpu_s": med_cpu["hf"], "cpu_speedup": med_cpu["hf"] / med_cpu["ours"]}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     results = {"steps": [], "loader": None}
     print(f"training step, batch {a.batch} x seq {a.seq}, {a.predictions} predictions/example, vocab {a.vocab}, "
           f"{torch.get_num_threads()} threads, median of {a.steps} steps")
-    print(f"{'shape':<6} {'device':<6} {'ours tok/s':>12} {'HF tok/s':>12} {'ratio':>7} {'MFU':>6}")
+    print(f"{'shape':<6} {'device':<6} {'ours tok/s':>12} {'HF tok/s':>12} {'ratio':>7} {'CPU-s ratio':>12} {'MFU':>6}")
     for dev in devices:
         for shape in filter(None, a.shapes.split(",")):
             r = bench_step(shape, B=a.batch, T=a.seq, P=a.predictions, V=a.vocab, steps=a.steps, warmup=a.warmup,
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
             results["steps"].append(r)
             mfu = f"{r['ours_mfu']:.1%}" if "ours_mfu" in r else "-"
             print(f"{shape:<6} {dev.type:<6} {r['ours_tokens_per_s']:>12,.0f} {r['hf_tokens_per_s']:>12,.0f} "
-                  f"{r['speedup']:>6.2f}x {mfu:>6}", flush=True)
+                  f"{r['speedup']:>6.2f}x {r['cpu_speedup']:>11.2f}x {mfu:>6}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
         write_synthetic_shards(folder, rows=[50_000] * 4, max_len=a.seq, vocab_size=a.vocab, batch=10_000)

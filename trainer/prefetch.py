@@ -50,10 +50,10 @@ class Prefetcher:
         self._slots = [torch.empty(size, dtype=RING_DTYPE, pin_memory=self.cuda) for _ in range(max(2, ring))]
         self._views = [{k: slot.numpy()[o:o + n].reshape(shape) for (k, (o, shape)), n in  # the thread fills these
                         zip(self._layout.items(), self._sizes)} for slot in self._slots]
-        self._free: stdqueue.Queue = stdqueue.Queue()
+        self._free: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         for i in range(len(self._slots)):
             self._free.put((i, None))
-        self._ready: stdqueue.Queue = stdqueue.Queue()
+        self._ready: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         self._stop = threading.Event()
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._pending = None             # (index, file, rows, device tensors, event) issued ahead (CUDA)
