@@ -238,10 +238,12 @@ class _Run:
                         self.log.say(train_line(rec))
                         window.zero_()
                         micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
+                paused = time.perf_counter()
                 if self.val and cfg.val_interval and (step % cfg.val_interval == 0 or (last and not halt)):
                     self._validate(step)
                 if step % cfg.ckpt_interval == 0 or last:
                     self._save(step, feed)
+                t_window += time.perf_counter() - paused  # rates count training time only
                 if halt:
                     stopped = f"signal {stop.signal_name}"
                     self.log.say(f"{stop.signal_name}: saved {self.last_ckpt} and stopped at step {step}")
