@@ -7,6 +7,7 @@ for an untrained model of a preset shape.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -114,11 +115,12 @@ def decoded_examples(model, stream: ShardStream, device, vocab, count: int, auto
 # --- stand-alone ---------------------------------------------------------------------------------
 
 def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "tiny", batch_size: int = 32,
-             max_batches: int = 50, seed: int = 0, device: str = "cpu", examples: int = 0,
+             max_batches: int = 50, seed: int = 0, device: str = "auto", examples: int = 0,
              vocab: str | None = None) -> dict:
     """Validation numbers for `checkpoint` (a file or a run directory: its newest checkpoint), or for
-    an untrained `model` preset seeded with `seed` when None. One process. Returns val_loss,
-    val_mlm_acc, val_ppl (val_nsp_acc with NSP), val_tokens, step, and `examples` decoded lines."""
+    an untrained `model` preset seeded with `seed` when None. One process; device "auto" takes CUDA
+    when there is one. Returns val_loss, val_mlm_acc, val_ppl (val_nsp_acc with NSP), val_tokens,
+    step, and `examples` decoded lines."""
     paths = [Path(p) for p in val_shards]
     if not paths:
         raise ConfigError("evaluate: give at least one validation shard")
@@ -140,13 +142,12 @@ def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "
         torch.manual_seed(seed)
         net = Bert(ModelConfig(vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"],
                                **model_shape(model)))
-    dev = torch.device(device)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     net.to(dev)
     d = Dist(rank=0, local_rank=0, world_size=1, device=dev)
     stream = val_stream(shards, batch_size, d)
     if stream is None:
         raise InputError(f"{paths[0]}: validation shards hold no examples")
-    import contextlib
     out = validate(net, stream, d, max_batches=max_batches, autocast=contextlib.nullcontext)
     words = vocab_for(shards[0].path, shards[0].meta, vocab)
     out["examples"] = decoded_examples(net, stream, dev, words, examples, contextlib.nullcontext)
