@@ -86,6 +86,7 @@ class TrainConfig:
     norm: str = "post"
     # optimisation (defaults: the BERT paper's pretraining)
     max_steps: int = 1_000_000
+    max_time: float = 0.0                    # --max-time minutes of training (validation excluded); 0: none
     batch_size: int = 32                     # per rank, per micro-step
     grad_accum: int = 1
     seed: int = 1234
@@ -104,6 +105,7 @@ class TrainConfig:
     # cadence and output
     log_interval: int = 100
     val_interval: int = 1000                 # 0: no validation during training
+    val_minutes: float = 0.0                 # >0: also validate every M minutes of training time
     val_batches: int = 50                    # batches per rank per validation
     val_examples: int = 3                    # decoded examples printed per validation
     ckpt_interval: int = 1000
@@ -128,6 +130,9 @@ class TrainConfig:
         for name in ("warmup_steps", "val_interval", "overfit_batches", "val_examples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_time", "val_minutes"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:

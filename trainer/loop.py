@@ -3,9 +3,11 @@
 Per optimizer step: `--grad-accum` micro-batches from the prefetcher (DDP all-reduces only on the
 last), clip, AdamW, schedule. Every `--log-interval` steps the window's loss is reduced over ranks
 and logged (a non-finite loss stops the run there, before any checkpoint could keep it); every
-`--val-interval` steps validation; every `--ckpt-interval` steps, at the end and on SIGTERM/SIGINT a
-checkpoint. Every rank runs the same steps (the loader plans them up front), and a stop request is
-agreed on by all ranks at the same step.
+`--val-interval` steps (and every `--val-minutes` of training time) validation; every
+`--ckpt-interval` steps, at the end and on SIGTERM/SIGINT a checkpoint. `--max-time` ends the run
+like `--max-steps` (validation, checkpoint) once the training time, pauses for validation and
+checkpoints left out (`TrainClock`), reaches the budget. Every rank runs the same steps (the loader
+plans them up front), and a stop request or a clock decision is agreed on by all ranks at the same step.
 """
 
 from __future__ import annotations
@@ -59,6 +61,31 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class TrainClock:
+    """Training time in wall and CPU seconds, validation and checkpoint pauses left out, carried
+    across resumes through the checkpoint: what `--max-time` and `--val-minutes` count."""
+
+    def __init__(self, wall_s: float = 0.0, cpu_s: float = 0.0):
+        self.wall_s, self.cpu_s, self._since = wall_s, cpu_s, None  # totals up to the last start
+
+    def start(self) -> None:
+        self._since = (time.perf_counter(), time.process_time())
+
+    def read(self) -> tuple[float, float]:
+        if self._since is None:
+            return self.wall_s, self.cpu_s
+        return self.wall_s + time.perf_counter() - self._since[0], self.cpu_s + time.process_time() - self._since[1]
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.wall_s, self.cpu_s = self.read()
+        self._since = None
+        try:
+            yield
+        finally:
+            self.start()
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -126,7 +153,10 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         log.say(log.tb_note)
     if ck:
         log.write({"event": "resume", "step": step})
-    return _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
+    run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
+    if ck:
+        run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
+    return run
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict | None:
@@ -144,8 +174,8 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict |
 def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
     """(stream, vocab) for validation, or None when there are no validation shards."""
     paths = list(cfg.val_shards) if cfg.val_shards is not None else default_val_shards(cfg.shards)
-    if not paths or cfg.val_interval == 0:
-        if cfg.val_interval:
+    if not paths or not (cfg.val_interval or cfg.val_minutes):
+        if cfg.val_interval or cfg.val_minutes:
             log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
         return None
     val_shards = open_shards(paths)
@@ -193,6 +223,7 @@ class _Run:
         self.last_val: dict = {}
         self.trace = None
         self.start_step, self.start_batch = step, start_batch
+        self.clock = TrainClock()
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -201,9 +232,13 @@ class _Run:
         micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
         total_wait, done_steps, stopped, first_step = 0.0, 0, "max_steps", step
         on_batch = self._tracer() if cfg.trace_data else None
+        budget_s, every_s = cfg.max_time * 60, cfg.val_minutes * 60  # 0: no limit / no timed validation
+        next_val_s = (self.clock.wall_s // every_s + 1) * every_s if every_s else math.inf
+        spent = budget_s and self.clock.wall_s >= budget_s  # a resumed run whose time was used up
         with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.prefetch,
                                                on_batch=on_batch) as feed:
-            while step < cfg.max_steps:
+            self.clock.start()
+            while step < cfg.max_steps and not spent:
                 lr = self.opt.param_groups[0]["lr"]
                 for m in range(cfg.grad_accum):
                     batch = feed.next()
@@ -222,8 +257,10 @@ class _Run:
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
                 done_steps += 1
-                halt = self._agree_stop(stop.requested)
-                last = step == cfg.max_steps or halt
+                train_s = self.clock.read()[0]
+                halt, out_of_time, val_due = self._agree(stop.requested, budget_s and train_s >= budget_s,
+                                                         train_s >= next_val_s)
+                last = step == cfg.max_steps or halt or out_of_time
                 if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
                     rec = self._reduce_window(window, micro, step, lr)  # raises NonFiniteLoss
                     if step % cfg.log_interval == 0 or last:
@@ -233,21 +270,34 @@ class _Run:
                         dt = max(now - t_window, 1e-9)
                         rec |= {"tokens_per_s": micro * tokens_per_micro / dt,
                                 "samples_per_s": micro * cfg.batch_size * d.world_size / dt,
-                                "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start}
+                                "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start,
+                                "train_s": train_s}
                         self.log.write(rec)
                         self.log.say(train_line(rec))
                         window.zero_()
                         micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
                 paused = time.perf_counter()
-                if self.val and cfg.val_interval and (step % cfg.val_interval == 0 or (last and not halt)):
-                    self._validate(step)
-                if step % cfg.ckpt_interval == 0 or last:
-                    self._save(step, feed)
+                with self.clock.paused():  # validation and checkpoints are not training time
+                    if val_due:
+                        next_val_s = (train_s // every_s + 1) * every_s
+                    on_interval = cfg.val_interval and step % cfg.val_interval == 0
+                    if self.val and (on_interval or val_due or (last and not halt)):
+                        self._validate(step)
+                    if step % cfg.ckpt_interval == 0 or last:
+                        self._save(step, feed)
                 t_window += time.perf_counter() - paused  # rates count training time only
                 if halt:
                     stopped = f"signal {stop.signal_name}"
                     self.log.say(f"{stop.signal_name}: saved {self.last_ckpt} and stopped at step {step}")
                     break
+                if out_of_time and step < cfg.max_steps:
+                    stopped = "max_time"
+                    self.log.say(f"--max-time {cfg.max_time:g} min of training reached at step {step}: "
+                                 f"validated, saved {self.last_ckpt}")
+                    break
+            if spent:
+                stopped = "max_time"
+                self.log.say(f"--max-time {cfg.max_time:g} min already used by the resumed run: nothing to do")
         if self.trace is not None:
             self.trace.close()
         elapsed = time.perf_counter() - t_start
@@ -258,12 +308,13 @@ class _Run:
         self.log.write({"event": "end", "step": step, "stopped": stopped})
         return summary
 
-    def _agree_stop(self, local: bool) -> bool:
-        """All ranks stop at the same step: any rank's signal stops them all (one tiny all-reduce)."""
+    def _agree(self, *local) -> tuple[bool, ...]:
+        """All ranks act at the same step: any rank's signal stops them all, any rank's clock past
+        --max-time or a --val-minutes mark decides for all (one tiny all-reduce)."""
         if not self.d.distributed:
-            return local
-        flag = torch.tensor([float(local)], device=self.d.device)
-        return bool(dist.all_reduce_max(flag, self.d).item())
+            return tuple(bool(x) for x in local)
+        flags = torch.tensor([float(bool(x)) for x in local], device=self.d.device)
+        return tuple(bool(x) for x in dist.all_reduce_max(flags, self.d).tolist())
 
     def _reduce_window(self, window: torch.Tensor, micro: int, step: int, lr: float) -> dict:
         sums = dist.all_reduce_sum(window.clone(), self.d).tolist()
@@ -277,7 +328,8 @@ class _Run:
     def _validate(self, step: int) -> None:
         stream, vocab = self.val
         out = validate(self.raw, stream, self.d, max_batches=self.cfg.val_batches, autocast=self.autocast)
-        rec = {"step": step} | out
+        train_s, train_cpu_s = self.clock.read()
+        rec = {"step": step} | out | {"train_s": train_s, "train_cpu_s": train_cpu_s}
         self.last_val = {k: v for k, v in out.items() if k.startswith("val_")}
         self.log.write(rec)
         self.log.say(val_line(rec))
@@ -293,6 +345,7 @@ class _Run:
             "model": self.raw.state_dict(), "model_config": self.mcfg.to_dict(), "data": self.data,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "loader": feed.state_dict(), "rng": _rng_state(self.d), "config": self.cfg.to_dict(),
+            "train_s": self.clock.read()[0], "train_cpu_s": self.clock.read()[1],
         }
         if self.d.is_main:
             self.last_ckpt = ckpt_io.save(self.run_dir, step, payload, keep=self.cfg.max_checkpoints)

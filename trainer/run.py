@@ -43,6 +43,8 @@ FLAGS = [
     ("--dropout", float, "dropout on embeddings, attention and residual branches"),
     ("--norm", NORMS, "post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)"),
     ("--max-steps", int, "optimizer steps to train for"),
+    ("--max-time", float, "minutes of training (validation and checkpoints excluded) after which the run "
+                          "validates, checkpoints and stops (0: no limit)"),
     ("--batch-size", int, "examples per rank per micro-step"),
     ("--grad-accum", int, "micro-steps per optimizer step"),
     ("--seed", int, "seed of the weights, dropout and data order"),
@@ -60,6 +62,7 @@ FLAGS = [
     ("--device", DEVICES, "auto: CUDA when available"),
     ("--log-interval", int, "steps between log lines and metrics.jsonl records"),
     ("--val-interval", int, "steps between validations (0: none)"),
+    ("--val-minutes", float, "also validate every M minutes of training time (0: off)"),
     ("--val-batches", int, "validation batches per rank"),
     ("--val-examples", int, "decoded validation examples shown per validation"),
     ("--ckpt-interval", int, "steps between checkpoints (one is also written at the end)"),

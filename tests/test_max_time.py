@@ -1,0 +1,106 @@
+"""`--max-time MINUTES`: a run stops when its training time (validation and checkpoint pauses left
+out) reaches the budget, with a final validation and a loadable checkpoint; `--val-minutes`
+validates at marks of that same clock; the clock is carried through a checkpoint, so a resumed run
+whose budget is spent does nothing; bad values are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer import loop
+from bertprep.trainer.run import evaluate, main
+from bertprep.trainer.synthetic import write_synthetic_shards
+
+BUDGET_MIN = 0.05          # 3 seconds of training
+VAL_EVERY_MIN = 0.02       # marks at 1.2 s and 2.4 s of training time, then the final validation
+VAL_PAUSE_S = 0.4          # each validation is slowed by this much: it must not count as training
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("syn")
+    write_synthetic_shards(folder, rows=[200])
+    write_synthetic_shards(folder, rows=[64], split="val")
+    return folder
+
+
+def args(shards: Path, out: Path, *extra: str) -> list[str]:
+    return ["--shards", str(next(shards.glob("train_*.arrow"))), "--out", str(out), "--model", "tiny",
+            "--hidden", "32", "--heads", "2", "--ffn", "64", "--batch-size", "8", "--max-steps", "1000000",
+            "--warmup-steps", "5", "--lr", "1e-3", "--log-interval", "50", "--val-interval", "0",
+            "--val-batches", "2", "--val-examples", "0", "--ckpt-interval", "1000000", "--no-tensorboard",
+            *extra]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_max_time_stops_on_time_with_a_checkpoint_and_a_final_validation(shards, tmp_path, monkeypatch, capsys):
+    real_validate = loop.validate
+
+    def slow_validate(*a, **kw):
+        time.sleep(VAL_PAUSE_S)
+        return real_validate(*a, **kw)
+    monkeypatch.setattr(loop, "validate", slow_validate)
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    assert main(args(shards, run, "--max-time", str(BUDGET_MIN), "--val-minutes", str(VAL_EVERY_MIN))) == 0
+    wall = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    budget = BUDGET_MIN * 60
+
+    recs = records(run)
+    end = recs[-1]
+    assert end["event"] == "end" and end["stopped"] == "max_time"
+    vals = [r for r in recs if "val_loss" in r]
+    # Two timed marks and the final validation, at the last step, with the budget used up.
+    assert len(vals) == 3 and vals[-1]["step"] == end["step"]
+    assert [v["train_s"] >= mark for v, mark in zip(vals, (1.2, 2.4, budget))] == [True] * 3
+    assert budget <= vals[-1]["train_s"] < budget + 2.0  # stopped at the first step past the budget
+    assert "--max-time 0.05 min of training reached" in err and "val " in err
+    # Validation time was not training time: three slowed validations fit in the wall time on top.
+    assert wall >= vals[-1]["train_s"] + 3 * VAL_PAUSE_S
+    assert 0 < vals[-1]["train_cpu_s"]
+
+    ck = ckpt_io.load(ckpt_io.newest(run))
+    assert ck["step"] == end["step"] and ck["train_s"] >= budget
+    again = evaluate(sorted(map(str, shards.glob("val_*.arrow"))), str(run))
+    assert again["step"] == end["step"] and again["val_tokens"] > 0
+
+
+def test_a_resumed_run_keeps_counting_its_budget(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(args(shards, run, "--max-time", "0.01")) == 0  # 0.6 s
+    first = records(run)[-1]["step"]
+    # The same budget is already spent: nothing to do, nothing written but the end record.
+    assert main(args(shards, run, "--max-time", "0.01", "--resume")) == 0
+    assert "already used" in capsys.readouterr().err
+    assert records(run)[-1] == {"event": "end", "step": first, "stopped": "max_time"}
+    assert ckpt_io.newest(run).name == f"step_{first:08d}.pt"
+    # A larger budget continues from where the clock stood.
+    assert main(args(shards, run, "--max-time", "0.02", "--resume")) == 0
+    ck = ckpt_io.load(ckpt_io.newest(run))
+    assert ck["step"] > first and 1.2 <= ck["train_s"] < 1.2 + 2.0
+
+
+@pytest.mark.parametrize("flag,value", [("--max-time", "-1"), ("--val-minutes", "nan"), ("--max-time", "inf")])
+def test_bad_budget_is_one_line_and_exit_2(shards, tmp_path, capsys, flag, value):
+    assert main(args(shards, tmp_path / "run", flag, value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {flag}") and "\n" not in err
