@@ -12,21 +12,27 @@ values only (so loading a stranger's file can never run code):
     loader              the loader position (stream.state_dict)
     rng                 {"torch": [per-rank CPU generator states], "cuda": [...] or []}
     config              TrainConfig as a dict (for the record; flags of the resuming run win)
+    phase               (since --init-from) index, name, start_step, schedule_start and source of the
+                        phase this run is; absent in older checkpoints: phase 1 from step 0
 """
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
-from bertprep.shards.atomic import atomic_write
+from bertprep.shards.atomic import atomic_write, remove_stale_temps
 from bertprep.shards.errors import InputError, ShardFormatError
 
 FORMAT = "bertprep-checkpoint"
 VERSION = 1
 NAME_RE = re.compile(r"^step_(\d{8})\.pt$")
+# What save() writes besides format/version: a file lacking one is not a checkpoint of ours.
+PAYLOAD = ("step", "model", "model_config", "data", "optimizer", "scheduler", "loader", "rng", "config")
 
 
 def checkpoint_dir(run_dir: Path | str) -> Path:
@@ -62,27 +68,74 @@ def save(run_dir: Path | str, step: int, payload: dict, keep: int) -> Path:
     return path
 
 
+def remove_partial(run_dir: Path | str) -> int:
+    """Delete the temporary files of checkpoints whose writing was killed; returns how many."""
+    d = checkpoint_dir(run_dir)
+    return remove_stale_temps(d) if d.is_dir() else 0
+
+
+def read_torch_file(path: Path | str, advice: str = ""):
+    """`torch.load(weights_only=True)`: tensors and plain values, never code. A file that holds
+    anything else (a pickled object: a payload) or that was cut short is one ShardFormatError line
+    (`advice` is appended to the second)."""
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols: a second stderr line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met something that is not data
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        reason = (f"it would unpickle {found.group(1)}, which runs code" if found else
+                  f"not a file of tensors and plain values ({_first_line(text.split('WeightsUnpickler error:')[-1])})")
+        raise ShardFormatError(f"{path}: refused: {reason}; bertprep loads only tensors and plain values "
+                               "(weights_only=True)") from None
+    except Exception as e:  # a zip archive cut short (RuntimeError, OSError, EOFError, ...): bad input, not a bug
+        raise ShardFormatError(f"{path}: truncated or damaged ({e.__class__.__name__}: {_first_line(str(e))})"
+                               f"{advice}") from None
+
+
+def _first_line(text: str) -> str:
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "no detail")
+    return line.split(". ")[0][:160]
+
+
 def load(path: Path | str) -> dict:
     """Read a checkpoint without executing anything in it; refuses other formats and versions."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or truncated file: both are bad input, not bugs
-        raise ShardFormatError(f"{path}: not a loadable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
+    ckpt = read_torch_file(path, "; delete it, and a run directory's previous checkpoint is used")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ShardFormatError(f"{path}: not a bertprep checkpoint")
     if ckpt.get("version") != VERSION:
         raise ShardFormatError(f"{path}: checkpoint version {ckpt.get('version')}, this trainer reads {VERSION}")
+    missing = [k for k in PAYLOAD if k not in ckpt]
+    if missing or not all(isinstance(ckpt[k], dict) for k in ("model", "model_config", "data")):
+        raise ShardFormatError(f"{path}: damaged checkpoint ({', '.join(missing) or 'model, model_config or data'} "
+                               "missing or not a map)")
     return ckpt
 
 
-def check_data_matches(ckpt_data: dict, shard_data: dict, path: Path | str) -> None:
+def check_data_matches(ckpt_data: dict, shard_data: dict, path: Path | str,
+                       advice: str = "train on shards made with the same tokenizer and --max-len") -> None:
     """Refuse shards whose vocabulary, length or special ids differ from the checkpoint's."""
     for key in ("vocab_size", "max_len", "special_ids", "nsp"):
         if ckpt_data.get(key) != shard_data.get(key):
             raise ShardFormatError(
                 f"{path}: the checkpoint was trained on shards with {key}={ckpt_data.get(key)!r} but these shards have "
-                f"{key}={shard_data.get(key)!r}; train on shards made with the same tokenizer and --max-len"
+                f"{key}={shard_data.get(key)!r}; {advice}"
             )
+
+
+def check_model_fits(ckpt: dict, shard_data: dict, path: Path | str) -> None:
+    """Refuse shards a checkpoint's model cannot read: another vocabulary or special ids, or longer
+    examples than its position table holds. (Shorter examples are fine: evaluating a 512-position
+    model on 128-token shards, or a phase-1 model on phase 2's 512-token shards.)"""
+    for key in ("vocab_size", "special_ids"):
+        if ckpt["data"].get(key) != shard_data.get(key):
+            raise ShardFormatError(f"{path}: the model was trained with {key}={ckpt['data'].get(key)!r} but these "
+                                   f"shards have {key}={shard_data.get(key)!r}; use shards of the same tokenizer")
+    positions = int(ckpt["model_config"]["max_len"])
+    if shard_data["max_len"] > positions:
+        raise ShardFormatError(f"{path}: the model has {positions} positions but these shards hold "
+                               f"{shard_data['max_len']}-token examples")

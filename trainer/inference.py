@@ -17,10 +17,7 @@ from bertprep.trainer.model import Bert
 
 
 def _kind(path: Path) -> str:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle payloads and truncated files are bad input
-        raise ShardFormatError(f"{path}: not a loadable checkpoint ({e.__class__.__name__})") from None
+    ckpt = ckpt_io.read_torch_file(path)  # refuses pickle payloads and truncated files in one line
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt == CLASSIFIER_FORMAT:
         return "classifier"

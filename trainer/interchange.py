@@ -76,10 +76,7 @@ def _read_weights(directory: Path) -> dict:
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise ShardFormatError(f"{st}: unreadable safetensors file ({e})") from None
     if pt.is_file():
-        try:
-            return torch.load(pt, map_location="cpu", weights_only=True)  # never runs code from the file
-        except Exception as e:
-            raise ShardFormatError(f"{pt}: not loadable as plain weights ({e.__class__.__name__})") from None
+        return ckpt_io.read_torch_file(pt)  # weights_only: never runs code from the file
     raise InputError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 

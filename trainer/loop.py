@@ -114,6 +114,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     """Model, optimizer, schedule and loader, fresh or restored from `ck`."""
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
     mcfg = ModelConfig(**ck["model_config"]) if ck else ModelConfig(
         vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"], dropout=cfg.dropout,
         norm=cfg.norm, **cfg.shape())
