@@ -119,6 +119,22 @@ def verify_manifest(path: Path) -> dict:
     return {"files": len(listed), "examples": total}
 
 
+def check_runs_complete(paths) -> None:
+    """Shard files trained on together come from complete runs: for each manifest beside them,
+    every file it lists for a split among `paths` must be present (a copy that lost a file is
+    refused, not trained on short). Cheap: names only; `verify_paths` checks the bytes."""
+    wanted: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        manifest = _manifest_for(path)
+        if manifest is not None:
+            wanted.setdefault(manifest, set()).add(naming.parse_shard_name(path).split)
+    for manifest, splits in sorted(wanted.items()):
+        for entry in read_manifest(manifest)["files"]:
+            f = manifest.parent / entry["name"]
+            if entry["split"] in splits and not f.exists():
+                raise InputError(f"{f}: listed in {manifest.name} but missing (an incomplete copy of the run?)")
+
+
 def verify_paths(paths: list[Path]) -> dict:
     """Verify manifests, shard files or directories of them; returns counts of what was checked."""
     files = examples = 0

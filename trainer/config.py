@@ -76,6 +76,7 @@ class TrainConfig:
     shards: tuple[str, ...] = ()             # --shards: training shard files
     val_shards: tuple[str, ...] | None = None  # --val-shards; None: the val_ files beside the train shards
     vocab: str | None = None                 # --vocab: vocab.txt for decoded examples (default: found beside the shards)
+    verify_shards: bool = True               # --verify-shards: checksums and value ranges before training
     # model
     model: str = "base"                      # --model preset
     layers: int | None = None

@@ -24,6 +24,7 @@ class Dist:
     local_rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1  # ranks on this machine
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +61,8 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> Dist:
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": dev} if use_cuda else {}
         tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=dev)
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=dev,
+                local_world_size=_env_int("LOCAL_WORLD_SIZE", 1))
 
 
 def teardown() -> None:

@@ -13,6 +13,7 @@ plans them up front), and a stop request or a clock decision is agreed on by all
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import signal
 import threading
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from bertprep.shards.atomic import write_json
-from bertprep.shards.errors import BertprepError, ConfigError
+from bertprep.shards.errors import BertprepError, ConfigError, ShardFormatError
 from bertprep.shards.reader import check_compatible, open_shards
+from bertprep.shards.verify import check_runs_complete, verify_paths
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import dist
 from bertprep.trainer.config import ModelConfig, TrainConfig
@@ -99,6 +101,7 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     shards = open_shards(cfg.shards)
+    _check_shards(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.out or f"runs/{data['label']}-{cfg.model}")
     ck = _checkpoint_to_resume(cfg, run_dir, data)
@@ -180,6 +183,7 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
             log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
         return None
     val_shards = open_shards(paths)
+    _check_shards(cfg, val_shards, d)
     check_compatible(shards + val_shards, "training and validation shards")
     stream = val_stream(val_shards, cfg.batch_size, d)
     if stream is None:
@@ -187,6 +191,41 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
         return None
     vocab = vocab_for(shards[0].path, shards[0].meta, cfg.vocab) if d.is_main else None
     return stream, vocab
+
+
+def _check_shards(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
+    """Refuse bad data before a step trains on it. Every rank must be given the same files (a node
+    whose copy lacks some would train on other data and write checkpoints the others cannot
+    resume). Unless --no-verify-shards, each file is checked as `bertprep verify FILE` checks it
+    (sha256 against the manifest beside it, settings, name, every example's value ranges) and no
+    file its manifest lists is missing; a node's files are shared out among its ranks, and one
+    rank's refusal stops them all at once, each with one line."""
+    if d.distributed:
+        listing = "\n".join(f"{Path(s.path).name} {s.num_examples}" for s in shards).encode()
+        mine = torch.tensor([len(shards), sum(s.num_examples for s in shards),
+                             int.from_bytes(hashlib.sha256(listing).digest()[:7], "little")], dtype=torch.int64)
+        every = dist.all_gather_tensors(mine, d)
+        for r, theirs in enumerate(every):
+            if not theirs.equal(every[0]):
+                raise ConfigError(f"rank {r} was given {int(theirs[0])} shard file(s) of {int(theirs[1]):,} examples, "
+                                  f"rank 0 {int(every[0][0])} of {int(every[0][1]):,}: every rank must be given the "
+                                  f"same --shards (a machine with an incomplete copy?)")
+    if not cfg.verify_shards:
+        return
+    paths = [Path(s.path) for s in shards]
+    problem = None
+    try:
+        check_runs_complete(paths)
+        for path in paths[d.local_rank::d.local_world_size]:
+            verify_paths([path])
+    except BertprepError as e:
+        problem = e
+    if d.distributed:
+        refused = dist.all_reduce_max(torch.tensor([float(problem is not None)], device=d.device), d)
+        if refused.item() and problem is None:
+            raise ShardFormatError("another rank refused a shard file (its error line names the file)")
+    if problem is not None:
+        raise problem
 
 
 def _seed_rank(seed: int, d: dist.Dist) -> None:

@@ -35,6 +35,8 @@ FLAGS = [
     ("--shards", "paths", "training shard files (globs are expanded, e.g. from --config)"),
     ("--val-shards", "paths", "validation shard files (default: the val_ files beside the training shards)"),
     ("--vocab", str, "vocab.txt for decoded validation examples (default: found beside the shards)"),
+    ("--verify-shards", "bool", "before training, check every shard's sha256 against its manifest and every "
+                                "example's value ranges (--no-verify-shards: skip, for data already verified)"),
     ("--model", PRESETS, "size preset: layers/hidden of the BERT paper and Google's small BERTs"),
     ("--layers", int, "encoder layers (overrides the preset)"),
     ("--hidden", int, "hidden width (overrides the preset)"),

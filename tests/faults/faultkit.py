@@ -27,6 +27,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 WIKI = DATA / "pydocs.wiki.tokens"
 PLAIN = DATA / "shakespeare.txt"
 BERTPREP = [sys.executable, "-m", "bertprep.cli"]
+TRAINER = [sys.executable, str(Path(__file__).resolve().parents[2] / "trainer" / "run.py")]
 
 
 @dataclass
@@ -51,16 +52,18 @@ class Run:
         return lines[0]
 
 
-def start(*args, cwd: Path | None = None, address_space: int | None = None) -> subprocess.Popen:
-    """Start `bertprep ARGS` in its own process group, its output going to temporary files;
-    `address_space` (bytes) caps its virtual memory as `ulimit -v` does (a small machine)."""
+def start(*args, cwd: Path | None = None, address_space: int | None = None,
+          command: list[str] = BERTPREP) -> subprocess.Popen:
+    """Start `bertprep ARGS` (or `command ARGS`: TRAINER, say) in its own process group, its output
+    going to temporary files; `address_space` (bytes) caps its virtual memory as `ulimit -v` does
+    (a small machine)."""
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
 
     def limit():
         if address_space:
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    p = subprocess.Popen(BERTPREP + [str(a) for a in args], stdout=out, stderr=err, cwd=cwd,
+    p = subprocess.Popen(command + [str(a) for a in args], stdout=out, stderr=err, cwd=cwd,
                          start_new_session=True, preexec_fn=limit)
     p.outfiles = (out, err)  # type: ignore[attr-defined]
     p.t0 = time.monotonic()  # type: ignore[attr-defined]

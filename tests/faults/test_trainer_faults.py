@@ -1,0 +1,327 @@
+"""Trainer faults: the trainer killed with SIGKILL between checkpoints resumes from the last complete
+one and reproduces the uninterrupted run's losses exactly; killed while a checkpoint is being
+written, the previous checkpoint loads, `--resume` continues from it, the partial file never has a
+final name and the next run removes it. Damaged data (a flipped byte in a training or validation
+shard, a truncated shard, a shard of another vocab or length, a manifest that does not list a file
+or lists a missing one, an id outside the vocab in a shard without a manifest) and a checkpoint
+cut short are refused with one line naming the file and the problem, before a single step is
+trained; by `predict`, `export` and `finetune` too where they read the checkpoint. A pickle
+checkpoint carrying a payload is refused everywhere a checkpoint is read, and the payload never runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertprep.shards.arrow_ipc import ArrowShardWriter
+from bertprep.shards.atomic import sha256_file
+from bertprep.shards.reader import open_shard
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer import run as trainer
+from bertprep.trainer.synthetic import synthetic_columns, synthetic_meta
+from conftest import PLAIN, run_cli
+from faultkit import TRAINER, finish, start
+
+MANIFEST = "pydocs_64_1.manifest.json"
+# A 32-wide model at a constant learning rate after warm-up (--min-lr = --lr), so a run's losses do
+# not depend on --max-steps: a run killed on its way to 100,000 steps is compared with one of 24.
+FLAGS = ["--model", "tiny", "--hidden", "32", "--heads", "2", "--ffn", "64", "--batch-size", "8", "--lr", "3e-3",
+         "--min-lr", "3e-3", "--warmup-steps", "2", "--log-interval", "1", "--val-interval", "0", "--seed", "7",
+         "--no-tensorboard", "--quiet"]
+
+
+def make_shards(tokens, out, max_len=64):
+    assert run_cli(["shard", "--tokens", tokens, "--out", out, "--max-len", max_len, "--seed", "1",
+                    "--examples-per-shard", "150", "--split", "0.8,0.1,0.1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(token_store, tmp_path_factory):
+    """Our shard run (3 train files and a val file with a manifest), a run at another length, and a
+    run of another vocab whose files carry exactly our names (Shakespeare labelled 'pydocs')."""
+    root = tmp_path_factory.mktemp("trainer-faults")
+    other_tokens = root / "other_tokens"
+    assert run_cli(["tokenize", PLAIN, "--out", other_tokens, "--vocab-size", "600", "--label", "pydocs"]) == 0
+    return {"good": make_shards(token_store, root / "good"), "length": make_shards(token_store, root / "length", 32),
+            "vocab": make_shards(other_tokens, root / "vocab")}
+
+
+@pytest.fixture
+def shards(built, tmp_path) -> Path:
+    """A private copy of the good run, for tests that damage it."""
+    return shutil.copytree(built["good"], tmp_path / "shards")
+
+
+def train_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("train_*"))
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def train_args(folder: Path, out: Path, *extra) -> list[str]:
+    return ["--shards", *map(str, train_files(folder)), "--out", str(out), *FLAGS, *map(str, extra)]
+
+
+def refused(capsys, entry, args) -> str:
+    """Run an entry point in-process; assert exit 2, exactly one `error:` line on stderr and no
+    warning (torch's loaders warn on some hostile files); return the line."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = entry([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), (code, err)
+    assert not caught, [str(w.message)[:200] for w in caught]
+    return err
+
+
+def trainer_refuses(capsys, folder: Path, out: Path, *extra) -> str:
+    err = refused(capsys, trainer.main, train_args(folder, out, "--max-steps", 4, *extra))
+    trained = out / "metrics.jsonl"
+    assert not (trained.exists() and losses(out)), "trained on bad data"
+    assert not ckpt_io.list_checkpoints(out)
+    return err
+
+
+def bertprep_cli(args) -> int:
+    return run_cli(args)
+
+
+# --- kills ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(built, tmp_path_factory) -> dict[int, float]:
+    """The uninterrupted run: 24 steps, a checkpoint every 8."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert trainer.main(train_args(built["good"], out, "--max-steps", 24, "--ckpt-interval", 8)) == 0
+    return losses(out)
+
+
+def wait_for(condition, proc, timeout=60.0, what="") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the trainer ended (exit {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.005)
+
+
+def steps_logged(out: Path) -> int:
+    try:
+        text = (out / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in text.splitlines()[:-1]]  # the last line may be torn
+    return max(steps, default=0)
+
+
+def test_sigkill_between_checkpoints_resumes_to_the_uninterrupted_losses(built, reference, tmp_path):
+    out = tmp_path / "run"
+    p = start(*train_args(built["good"], out, "--max-steps", 100_000, "--ckpt-interval", 8), command=TRAINER)
+    wait_for(lambda: steps_logged(out) >= 11, p, what="step 11")
+    os.kill(p.pid, signal.SIGKILL)
+    finish(p, timeout=30)
+    last = ckpt_io.newest(out)
+    done = steps_logged(out)
+    assert last is not None and done > int(last.stem[5:]), "the kill did not land between checkpoints"
+    assert trainer.main(train_args(built["good"], out, "--max-steps", 24, "--ckpt-interval", 8, "--resume")) == 0
+    assert losses(out) == reference  # the killed steps are dropped, the rest reproduced exactly
+
+
+SLOW_SAVE = r"""
+import io, sys, time
+import torch
+from bertprep.trainer import run
+marker, real_save = sys.argv[1], torch.save
+
+def slow_save(obj, f, *args, **kwargs):
+    # Half of the bytes, then a pause long enough for the test to kill the process mid-write.
+    buf = io.BytesIO()
+    real_save(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    if obj["step"] == 8:
+        open(marker, "w").close()
+        time.sleep(600)
+    f.write(data[len(data) // 2:])
+
+torch.save = slow_save
+sys.exit(run.main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(built, reference, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "writing"
+    p = start("-c", SLOW_SAVE, marker, *train_args(built["good"], out, "--max-steps", 24, "--ckpt-interval", 4),
+              command=[sys.executable])
+    wait_for(marker.exists, p, what="the write of checkpoint 8")
+    os.kill(p.pid, signal.SIGKILL)
+    finish(p, timeout=30)
+    folder = ckpt_io.checkpoint_dir(out)
+    partial = [f.name for f in folder.iterdir() if f.name not in ("step_00000004.pt",)]
+    assert [f.name for f in ckpt_io.list_checkpoints(out)] == ["step_00000004.pt"]
+    assert len(partial) == 1 and partial[0].startswith(".step_00000008.pt.") and partial[0].endswith(".tmp"), partial
+    assert ckpt_io.load(folder / "step_00000004.pt")["step"] == 4
+    summary = trainer.train(trainer.parse_config(train_args(built["good"], out, "--max-steps", 24,
+                                                            "--ckpt-interval", 4, "--resume")))
+    assert summary["first_step"] == 4 and summary["step"] == 24
+    assert losses(out) == reference
+    assert not [f for f in folder.iterdir() if f.name.endswith(".tmp")], "the partial checkpoint was left behind"
+
+
+# --- damaged data --------------------------------------------------------------------------------
+
+def flip_byte(f: Path, where: float = 0.5) -> None:
+    data = bytearray(f.read_bytes())
+    data[int(len(data) * where)] ^= 0x04
+    f.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_training_shard_is_named(shards, tmp_path, capsys):
+    f = train_files(shards)[1]
+    flip_byte(f)
+    s = open_shard(f)  # invisible to Arrow: the file opens and reads
+    s.slice(0, s.num_examples)
+    err = trainer_refuses(capsys, shards, tmp_path / "run")
+    assert f.name in err and "sha256 mismatch" in err, err
+
+
+def test_a_flipped_byte_in_a_validation_shard_is_named(shards, tmp_path, capsys):
+    f = sorted(shards.glob("val_*"))[0]
+    flip_byte(f)
+    err = trainer_refuses(capsys, shards, tmp_path / "run", "--val-interval", 2)
+    assert f.name in err and "sha256 mismatch" in err, err
+
+
+def test_a_truncated_shard_is_named(shards, tmp_path, capsys):
+    f = train_files(shards)[0]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    err = trainer_refuses(capsys, shards, tmp_path / "run")
+    assert f.name in err and ("truncated" in err or "sha256 mismatch" in err or "unreadable" in err), err
+
+
+@pytest.mark.parametrize("other", ["length", "vocab"])
+@pytest.mark.parametrize("manifest_agrees", [False, True])
+def test_a_shard_of_another_run_under_our_name_is_refused(built, shards, tmp_path, capsys, other, manifest_agrees):
+    """The first training file swapped for another run's file of the same name; with the manifest
+    entry edited to match its bytes, its settings still disagree with the manifest's."""
+    f = train_files(shards)[0]
+    shutil.copyfile(train_files(built[other])[0], f)
+    if manifest_agrees:
+        m = json.loads((shards / MANIFEST).read_text())
+        entry = next(e for e in m["files"] if e["name"] == f.name)
+        entry["sha256"], entry["examples"] = sha256_file(f), open_shard(f).num_examples
+        (shards / MANIFEST).write_text(json.dumps(m))
+    err = trainer_refuses(capsys, shards, tmp_path / "run")
+    setting = "max_len" if other == "length" else "vocab_size"
+    assert f.name in err and (setting in err or "sha256 mismatch" in err), err
+
+
+def test_all_shards_of_another_vocab_do_not_resume_a_checkpoint(built, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert trainer.main(train_args(built["good"], out, "--max-steps", 2)) == 0
+    err = refused(capsys, trainer.main, train_args(built["vocab"], out, "--max-steps", 4, "--resume"))
+    assert "step_00000002.pt" in err and "vocab_size" in err, err
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(shards, tmp_path, capsys):
+    stray = shards / train_files(shards)[0].name.replace("_00000", "_00042")
+    shutil.copyfile(train_files(shards)[0], stray)
+    err = trainer_refuses(capsys, shards, tmp_path / "run")
+    assert stray.name in err and "not listed" in err, err
+
+
+def test_a_listed_file_that_is_missing_is_refused(shards, tmp_path, capsys):
+    gone = train_files(shards)[1]
+    gone.unlink()
+    err = trainer_refuses(capsys, shards, tmp_path / "run")
+    assert gone.name in err and "missing" in err, err
+
+
+def test_an_id_outside_the_vocab_in_a_shard_without_manifest_is_refused(tmp_path, capsys):
+    """No manifest to compare with: the trainer still checks every example's value ranges, so a
+    bad id is one line instead of an IndexError deep in the embedding."""
+    folder = tmp_path / "syn"
+    folder.mkdir()
+    meta = synthetic_meta(max_len=32, vocab_size=64, nsp=False)
+    cols = synthetic_columns(np.random.default_rng(0), 64, meta)
+    cols["input_ids"][37, 3] = 60_000
+    f = folder / "train_syn_32_1_00000.arrow"
+    w = ArrowShardWriter(f, meta)
+    w.write(cols)
+    w.close()
+    err = trainer_refuses(capsys, folder, tmp_path / "run")
+    assert f.name in err and "example 37" in err and "outside the vocab" in err, err
+
+
+# --- damaged and hostile checkpoints -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(built, tmp_path_factory) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert trainer.main(train_args(built["good"], out, "--max-steps", 4, "--ckpt-interval", 2)) == 0
+    return out
+
+
+def readers(run: Path, ckpt: Path, tmp_path: Path) -> dict:
+    """Every command that reads a pretraining checkpoint, pointed at `ckpt` (or its run directory)."""
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"sentence": s, "label": i % 2}) + "\n"
+                            for i, s in enumerate(["a fine day .", "the list is sorted ."] * 4)))
+    finetune = ["finetune", "--train", data, "--val", data, "--out", tmp_path / "ft", "--epochs", "1"]
+    return {
+        "predict (file)": ["predict", "--checkpoint", ckpt, "the [MASK] function ."],
+        "predict (run)": ["predict", "--checkpoint", run, "the [MASK] function ."],
+        "export": ["export", "--checkpoint", ckpt, "--hf", tmp_path / "hf"],
+        "finetune": [*finetune, "--checkpoint", ckpt],
+    }
+
+
+def test_a_checkpoint_cut_short_is_named_by_every_reader(built, trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    last = ckpt_io.newest(run)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size * 2 // 3])
+    err = refused(capsys, trainer.main, train_args(built["good"], run, "--max-steps", 6, "--resume"))
+    assert last.name in err and "truncated" in err, err
+    for name, args in readers(run, last, tmp_path).items():
+        err = refused(capsys, bertprep_cli, args)
+        assert last.name in err and "truncated" in err, (name, err)
+
+
+class OpensAFile:
+    """Unpickling this calls open(path, "w"): the file appearing is proof a reader ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_checkpoint_with_a_payload_is_refused_and_never_runs(built, trained, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    run = shutil.copytree(trained, tmp_path / "run")
+    evil = ckpt_io.checkpoint_path(run, 10)
+    real = ckpt_io.load(ckpt_io.newest(run))
+    torch.save(dict(real, step=10, model=OpensAFile(marker)), evil)  # a checkpoint in every other respect
+    err = refused(capsys, trainer.main, train_args(built["good"], run, "--max-steps", 12, "--resume"))
+    assert evil.name in err and "refused" in err, err
+    for name, args in readers(run, evil, tmp_path).items():
+        err = refused(capsys, bertprep_cli, args)
+        assert evil.name in err and "refused" in err, (name, err)
+    assert not marker.exists(), "a checkpoint's pickle payload ran"
