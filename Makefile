@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 DEMO := demo
 
-.PHONY: install test demo clean-demo bench
+.PHONY: install test demo clean-demo bench browser
 
 install: $(VENV)/.installed
 
@@ -15,11 +15,20 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,plot]'
 	touch $@
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# The report's browser test needs headless Chromium: installed here when missing, where apt-get
+# and root are; elsewhere that test skips with the reason and the rest still runs.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  echo "installing chromium for the report's browser test (apt-get)" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "note: chromium not installed (needs apt-get and root); the browser test will skip"
 
 demo: install
 	$(PY) -m bertprep.demo --out $(DEMO)

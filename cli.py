@@ -274,6 +274,57 @@ def export(checkpoint, hf_dir):
     click.echo(f"exported step {r['step']} as {r['architecture']} ({r['tensors']} tensors) -> {r['out']}/")
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", default="curves.png", show_default=True, help="Image to write: .png, .svg or .pdf.")
+@click.option("--metric", "metrics", multiple=True,
+              help="A panel to draw (repeatable): loss, val_mlm_acc, val_ppl, val_nsp_acc, val_acc, val_mae, lr, "
+              "tokens_per_s or any key of metrics.jsonl [default: every recorded one of these].")
+@click.option("--dpi", type=int, default=100, show_default=True)
+def plot(runs, out, metrics, dpi):
+    """Draw the curves of one or more RUN directories from their metrics.jsonl, on shared axes.
+
+    Loss (train and validation), validation MLM accuracy and perplexity, learning rate and tokens/s
+    for pretraining runs; accuracy for fine-tuning runs. Each run is a colour, labelled by its name;
+    records with a `phase` field get each phase's start marked. Needs matplotlib (`bertprep[plot]`).
+
+    Example: bertprep plot runs/tiny runs/mini -o curves.png
+    """
+    from bertprep.trainer.plotting import PlotConfig, plot_runs
+
+    r = plot_runs(PlotConfig(runs=tuple(map(str, runs)), out=out, metrics=tuple(metrics), dpi=dpi))
+    click.echo(f"plotted {', '.join(r['panels'])} of {len(r['runs'])} run(s) -> {r['out']}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("-o", "--out", default="report.html", show_default=True, help="HTML file to write.")
+@click.option("-n", "examples", type=int, default=8, show_default=True,
+              help="Validation sentences to show (fine-tuning: worst errors).")
+@click.option("--val", multiple=True, help="Validation data instead of the run's own: val shard files for a "
+              "pretraining run, a labelled file for a fine-tuning run (repeatable).")
+@click.option("--val-batches", type=int, default=20, show_default=True, help="Batches for the final figures.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def report(run, out, examples, val, val_batches, batch_size):
+    """Write one self-contained HTML page about RUN: settings, curves, final figures and predictions.
+
+    Pretraining: validation figures before and after training, and validation sentences with each
+    masked token green (top-1 guess right) or orange (wrong, true token beside), top 3 on hover.
+    Fine-tuning: the confusion matrix and the worst errors. Images are embedded; no network is needed.
+
+    Example: bertprep report runs/pydocs-tiny -o report.html
+    """
+    from bertprep.trainer.report import ReportConfig, write_report
+
+    r = write_report(ReportConfig(run=str(run), out=out, examples=examples, val=tuple(val),
+                                  val_batches=val_batches, batch_size=batch_size))
+    for note in r["notes"]:
+        click.echo(f"note: {note}", err=True)
+    what = (f"{r['examples']} sentences, {r['masked']} masked tokens coloured" if r["kind"] == "pretrain"
+            else f"{r['examples']} worst errors")
+    click.echo(f"report ({what}) -> {r['out']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the click group, mapping our errors to one line and exit 2."""
     try:

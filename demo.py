@@ -4,13 +4,15 @@
 
 tokenize (train an 8k WordPiece vocab) -> shard (128 tokens, seed 123) -> train a small BERT
 (a few minutes on CPU; a larger model for longer where CUDA is present) -> evaluate the trained
-model against the untrained one on the validation shards (MLM accuracy and perplexity).
+model against the untrained one on the validation shards (MLM accuracy and perplexity) -> write
+the run's HTML report (`bertprep report`) and print its path.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import os
 import shlex
 import shutil
@@ -83,7 +85,17 @@ def main(argv=None) -> None:
         print(f"{name:12}{100 * r['val_mlm_acc']:>17.1f}%{r['val_ppl']:>16.1f}{r['val_loss']:>10.3f}")
     for line in after.get("examples", []):
         print(line)
+
+    report = run_dir / "report.html"
+    if importlib.util.find_spec("matplotlib") is None:
+        report = None
+        print("\nreport skipped: it needs matplotlib (pip install -e '.[plot]'; `make install` does)")
+    else:
+        run([*bertprep, "report", str(run_dir), "-o", str(report)],
+            ["bertprep", "report", str(run_dir), "-o", str(report)])
     print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; run directory: {run_dir}/ (metrics.jsonl, checkpoints)")
+    if report is not None:
+        print(f"report: {report.resolve()}")
 
 
 if __name__ == "__main__":
