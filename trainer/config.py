@@ -103,6 +103,7 @@ class TrainConfig:
     precision: str = "auto"                  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     device: str = "auto"
+    dist_timeout: float = 600.0              # --dist-timeout: seconds a collective waits for the other ranks
     # cadence and output
     log_interval: int = 100
     val_interval: int = 1000                 # 0: no validation during training
@@ -136,6 +137,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.dist_timeout < float("inf"):
+            raise ConfigError(f"--dist-timeout must be a number of seconds > 0, got {self.dist_timeout}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"--min-lr must be in [0, --lr={self.lr}], got {self.min_lr}")
         if self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:

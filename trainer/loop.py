@@ -92,7 +92,7 @@ class TrainClock:
 
 def train(cfg: TrainConfig) -> dict:
     """Train as `cfg` says (under torchrun: this rank's share); returns a summary of the run."""
-    d = dist.setup(cfg.device)
+    d = dist.setup(cfg.device, timeout_s=cfg.dist_timeout)
     try:
         return _train(cfg, d)
     finally:

@@ -62,6 +62,8 @@ FLAGS = [
     ("--precision", PRECISIONS, "auto: bf16 autocast on CUDA, fp32 on CPU"),
     ("--compile", "bool", "torch.compile the model"),
     ("--device", DEVICES, "auto: CUDA when available"),
+    ("--dist-timeout", float, "seconds a collective waits for the other ranks before this rank gives up "
+                              "(a hung rank; torchrun stops the others at once when one dies)"),
     ("--log-interval", int, "steps between log lines and metrics.jsonl records"),
     ("--val-interval", int, "steps between validations (0: none)"),
     ("--val-minutes", float, "also validate every M minutes of training time (0: off)"),
@@ -148,15 +150,22 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         raise ConfigError(f"--config: {e}") from None
 
 
+def _error(e: Exception) -> None:
+    # One write, so the lines of ranks sharing torchrun's stderr never interleave mid-line
+    # (print() writes the text and the newline separately).
+    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         train(cfg)
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 3
     except BertprepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
