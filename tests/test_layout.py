@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("preprocess", "shards", "trainer")
 DEPENDENCIES = {"torch", "tokenizers", "msgpack", "pyarrow", "zstandard", "click", "numpy", "pytest", "tqdm",
-                "hypothesis", "transformers", "safetensors", "tensorboard", "datasets", "dask", "distributed", "ray"}
+                "hypothesis", "transformers", "safetensors", "tensorboard", "datasets", "dask", "distributed", "ray",
+                "matplotlib"}
 # Which of our packages each package may import.
 ALLOWED = {"shards": {"shards"}, "preprocess": {"preprocess", "shards"}, "trainer": {"trainer", "shards"}}
 
