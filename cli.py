@@ -178,42 +178,72 @@ def verify(paths):
               help="Start from a HuggingFace BERT directory (weights and tokenizer) instead of --checkpoint.")
 @click.option("--train", "train_file", required=True, help="Labelled training set: .parquet (SST-2 layout), .tsv, .csv or .jsonl.")
 @click.option("--val", "val_file", required=True, help="Labelled validation set, evaluated after each epoch.")
-@click.option("--test", "test_file", help="Labelled test set, evaluated once with the best epoch's model.")
+@click.option("--test", "test_file", help="Labelled test set, evaluated once with each seed's best epoch.")
 @click.option("--text-column", default="sentence", show_default=True)
+@click.option("--text-column-b", help="Second sentence of a pair: inputs become [CLS] a [SEP] b [SEP] (entailment-style tasks).")
 @click.option("--label-column", default="label", show_default=True, help="Integer labels 0..K-1.")
-@click.option("--out", default="runs/finetune", show_default=True, help="Run directory: best.pt, metrics.jsonl, tokenizer.")
+@click.option("--task", type=click.Choice(["classification", "regression"]), default="classification",
+              show_default=True, help="regression: only a rating head on --regression-column, no classes.")
+@click.option("--regression-column", help="A number per row (e.g. a star rating) learnt by a rating head on the same "
+              "[CLS] output, reported as MAE; with --task classification, next to the classes.")
+@click.option("--regression-weight", type=float, default=0.02, show_default=True,
+              help="Weight of the rating's L1 loss (in standard deviations of the training ratings) next to cross-entropy.")
+@click.option("--out", default="runs/finetune", show_default=True,
+              help="Run directory: best.pt, metrics.jsonl, predictions.jsonl, tokenizer.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True,
+              help="Batches summed into one optimizer step (an effective batch of batch-size x N in less memory).")
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--warmup-ratio", type=float, default=0.1, show_default=True, help="Share of steps of linear warm-up; then linear decay to 0.")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW decay (not on biases and LayerNorm).")
 @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient-norm clipping (0: off).")
 @click.option("--dropout", type=float, default=0.1, show_default=True)
-@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per sentence, [CLS]/[SEP] included.")
+@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per example, [CLS]/[SEP] included.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", help="Comma-separated seeds, e.g. 1,2,3: one fine-tune per seed, each accuracy and mean ± std "
+              "reported, the best epoch of all kept (replaces --seed).")
 @click.option("--from-scratch", is_flag=True, help="Same architecture with random weights (the baseline to compare with).")
+@click.option("--show-batch", is_flag=True, help="Print the first training batch decoded ([CLS] text [SEP] [PAD]...) with its labels.")
+@click.option("--show-errors", type=int, default=0, show_default=True, metavar="N",
+              help="Print the N validation rows the kept model gets most confidently wrong.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_column, label_column, out, epochs,
-             batch_size, lr, warmup_ratio, weight_decay, clip, dropout, max_len, seed, from_scratch, device):
-    """Fine-tune a pretrained encoder for sentence classification (SST-2 and alike).
+def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_column, text_column_b, label_column, task,
+             regression_column, regression_weight, out, epochs, batch_size, grad_accum, lr, warmup_ratio, weight_decay,
+             clip, dropout, max_len, seed, seeds, from_scratch, show_batch, show_errors, device):
+    """Fine-tune a pretrained encoder for sentence (or sentence-pair) classification, a rating, or both.
 
     Defaults follow the BERT paper: AdamW lr 2e-5, batch 32, 3 epochs, 10% warm-up then linear
-    decay, weight decay 0.01, clipping 1.0. Validation accuracy after each epoch; the best epoch is
-    kept as OUT/best.pt and tested at the end.
+    decay, weight decay 0.01, clipping 1.0. Before training it prints its checks: encoder tensors
+    loaded from the checkpoint (none: refused), the label balance, and the untrained head's loss
+    against ln(classes). Validation after each epoch (a warning when it predicts one class); the
+    best epoch is kept as OUT/best.pt, tested at the end, and its validation predictions written
+    to OUT/predictions.jsonl.
 
-    Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet
+    Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet --seeds 1,2,3
     """
+    from bertprep.shards.errors import ConfigError
     from bertprep.trainer.finetune import FinetuneConfig
     from bertprep.trainer.finetune import finetune as run_finetune
 
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else ()
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers such as 1,2,3, got {seeds!r}") from None
     cfg = FinetuneConfig(checkpoint=checkpoint, init_from_hf=str(init_from_hf) if init_from_hf else None,
                          train=train_file, val=val_file, test=test_file, text_column=text_column,
-                         label_column=label_column, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                         warmup_ratio=warmup_ratio, weight_decay=weight_decay, clip=clip, dropout=dropout,
-                         max_len=max_len, seed=seed, from_scratch=from_scratch, device=device)
-    result = run_finetune(cfg, echo=click.echo)
-    click.echo(f"best epoch {result['best_epoch']}: val acc {100 * result['val_acc']:.2f}%"
-               + (f", test acc {100 * result['test_acc']:.2f}%" if "test_acc" in result else "") + f" -> {out}/best.pt")
+                         text_column_b=text_column_b, label_column=label_column, task=task,
+                         regression_column=regression_column, regression_weight=regression_weight, out=out,
+                         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
+                         weight_decay=weight_decay, clip=clip, dropout=dropout, max_len=max_len, seed=seed,
+                         seeds=seed_list, from_scratch=from_scratch, show_batch=show_batch, show_errors=show_errors,
+                         device=device)
+    r = run_finetune(cfg, echo=click.echo, warn=lambda line: click.echo(line, err=True))
+    scores = [f"val acc {100 * r['val_acc']:.2f}%" if "val_acc" in r else f"val MAE {r['val_mae']:.4f}"]
+    scores += [f"test acc {100 * r['test_acc']:.2f}%"] if "test_acc" in r else []
+    scores += [f"test MAE {r['test_mae']:.4f}"] if "test_mae" in r and "test_acc" not in r else []
+    seed_note = f" (seed {r['best_seed']})" if len(cfg.seed_list) > 1 else ""
+    click.echo(f"best epoch {r['best_epoch']}{seed_note}: {', '.join(scores)} -> {out}/best.pt")
 
 
 @cli.command()
@@ -224,12 +254,14 @@ def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_col
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def predict(sentences, checkpoint, file_, top_k, as_json):
     """Fill in each [MASK] of SENTENCES with the top-k tokens and their probabilities; with a
-    fine-tuned checkpoint, print class probabilities instead.
+    fine-tuned checkpoint, print class probabilities (and the rating of a rating head) instead.
+    A sentence-pair model takes each input as 'first<TAB>second'.
 
     Example: bertprep predict --checkpoint runs/run0 "the capital of france is [MASK] ."
 
     --json prints, per sentence, per [MASK] in order, a list of {"token", "prob"}, best first
-    (class probabilities: per sentence, a list of probabilities by class).
+    (class probabilities: per sentence, a list of probabilities by class; with a rating head too,
+    {"probs", "rating"} per sentence; a rating head alone: a rating per sentence).
     """
     import json
 
@@ -246,14 +278,20 @@ def predict(sentences, checkpoint, file_, top_k, as_json):
         raise InputError(f"--top-k must be >= 1, got {top_k}")
     result = run_predict(checkpoint, texts, top_k)
     if as_json:
-        click.echo(json.dumps(result["results"]))
+        if "ratings" in result:  # a class head and a rating head: both, per sentence
+            click.echo(json.dumps([{"probs": p, "rating": r} for p, r in zip(result["results"], result["ratings"])]))
+        else:
+            click.echo(json.dumps(result["results"]))
         return
-    for text, res in zip(texts, result["results"]):
+    for i, (text, res) in enumerate(zip(texts, result["results"])):
         click.echo(text)
         if result["kind"] == "classify":
             best = max(range(len(res)), key=res.__getitem__)
             click.echo("  class probabilities: " + ", ".join(f"{k}: {p:.4f}" for k, p in enumerate(res))
                        + f"  -> {best}")
+        if "ratings" in result or result["kind"] == "rate":
+            click.echo(f"  rating: {(result['ratings'][i] if 'ratings' in result else res):.4f}")
+        if result["kind"] != "fill-mask":
             continue
         for n, options in enumerate(res, 1):
             click.echo(f"  [MASK] {n}: " + " | ".join(f"{o['token']} {o['prob']:.4f}" for o in options))

@@ -28,13 +28,18 @@ def pretrain(shards, out, steps, **kw):
     return out
 
 
+_SESSION: dict = {}  # built once per session, also for tests/test_finetune_checks.py, which imports the fixture
+
+
 @pytest.fixture(scope="module")
 def pretrained(token_store, tmp_path_factory):
     """A tiny encoder pretrained briefly on the Python-docs slice (with NSP, so it has a pooler)."""
-    root = tmp_path_factory.mktemp("pre")
-    assert run_cli(["shard", "--tokens", token_store, "--out", root / "shards", "--max-len", "64", "--nsp",
-                    "--seed", "1"]) == 0
-    return pretrain(sorted((root / "shards").glob("train_*")), root / "run", 150)
+    if "pretrained" not in _SESSION:
+        root = tmp_path_factory.mktemp("pre")
+        assert run_cli(["shard", "--tokens", token_store, "--out", root / "shards", "--max-len", "64", "--nsp",
+                        "--seed", "1"]) == 0
+        _SESSION["pretrained"] = pretrain(sorted((root / "shards").glob("train_*")), root / "run", 150)
+    return _SESSION["pretrained"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def test_finetuning_learns_and_the_checkpoint_predicts_identically(pretrained, l
     out = tmp_path / "ft"
     code = run_cli(["finetune", "--checkpoint", pretrained, "--train", labelled / "train.jsonl", "--val",
                     labelled / "val.jsonl", "--test", labelled / "test.jsonl", "--out", out, "--epochs", "3",
-                    "--lr", "3e-4", "--batch-size", "16", "--max-len", "64"])
+                    "--lr", "1e-3", "--batch-size", "16", "--max-len", "64"])
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"epoch", "step", "loss", "val_loss", "val_acc"} <= set(records[0])
@@ -178,7 +183,8 @@ def test_bad_input_gets_one_line_and_exit_2(pretrained, labelled, tmp_path, caps
          "not an integer"),
         (["finetune", "--checkpoint", pretrained, "--train", no_column, "--val", train, "--max-len", "64"],
          "no column 'sentence'"),
-        (["finetune", "--checkpoint", pretrained, "--train", train, "--val", train], "longer than the model's 64"),
+        (["finetune", "--checkpoint", pretrained, "--train", train, "--val", train, "--max-len", "5000"],
+         "longer than the model's"),
         (["predict", "--checkpoint", pretrained, "a sentence without a mask"], "no [MASK]"),
         (["predict", "--checkpoint", tmp_path / "nowhere", "a [MASK]"], "no such checkpoint"),
         (["export", "--checkpoint", tmp_path / "nowhere", "--hf", tmp_path / "x"], "no such checkpoint"),

@@ -48,3 +48,20 @@ def test_bad_files_are_refused_naming_file_and_row(tmp_path, bad, needle):
     with pytest.raises(InputError, match="bad.tsv") as e:
         read_labelled(tmp_path / "bad.tsv")
     assert needle in str(e.value)
+
+
+def test_pairs_and_ratings_are_read_beside_the_labels(tmp_path):
+    (tmp_path / "p.tsv").write_text("premise\thypothesis\tlabel\tstars\na cat sat\tan animal sat\t1\t4.5\n"
+                                    "it rained\tthe sun shone\t0\t1\n")
+    got = read_labelled(tmp_path / "p.tsv", "premise", "label", text_column_b="hypothesis", rating_column="stars")
+    assert got.texts == ["a cat sat", "it rained"] and got.texts_b == ["an animal sat", "the sun shone"]
+    assert got.labels.tolist() == [1, 0] and got.ratings.dtype == np.float64 and got.ratings.tolist() == [4.5, 1.0]
+    only = read_labelled(tmp_path / "p.tsv", "premise", None, rating_column="stars")
+    assert only.labels is None and only.texts_b is None and len(only) == 2
+
+
+@pytest.mark.parametrize("value", ["", "nan", "inf", "four", "true"])
+def test_a_rating_that_is_not_a_finite_number_is_refused(tmp_path, value):
+    (tmp_path / "r.jsonl").write_text(json.dumps({"sentence": "x", "label": 0, "stars": value}) + "\n")
+    with pytest.raises(InputError, match=r"r.jsonl: row 1: 'stars' value .* is not a finite number"):
+        read_labelled(tmp_path / "r.jsonl", rating_column="stars")

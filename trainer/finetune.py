@@ -1,10 +1,19 @@
-"""`bertprep finetune`: sentence classification (SST-2 and alike) on a pretrained bertprep encoder.
+"""`bertprep finetune`: sentence (and sentence-pair) classification, a rating head, or both, on a
+pretrained bertprep encoder, with the checklist practitioners run by hand.
 
-The classifier is the pretrained encoder, the pooler where pretraining had one (tanh over [CLS]),
-dropout and a linear layer; every parameter trains. Sentences are tokenized with the checkpoint's
-own tokenizer as `[CLS] sentence [SEP]`, truncated to --max-len and padded to the longest in each
-batch. Defaults are the BERT paper's fine-tuning recipe. The best epoch (validation accuracy) is
-kept as `<out>/best.pt` with the tokenizer beside it, so `predict` and `export` can use the run.
+The model is the pretrained encoder, the pooler where pretraining had one (tanh over [CLS]),
+dropout, then a linear class head and/or a linear rating head on the same [CLS] output; every
+parameter trains. Sentences are tokenized with the checkpoint's own tokenizer as `[CLS] a [SEP]`
+(pairs: `[CLS] a [SEP] b [SEP]`, segment ids 0 then 1), truncated to --max-len (the longer
+sentence first) and padded to the longest in each batch. Defaults are the BERT paper's recipe.
+
+Losses: cross-entropy for classes; for ratings, L1 measured in standard deviations of the training
+ratings (the head predicts `mean + std * z`, so it starts at the mean whatever the scale), weighted
+by --regression-weight next to cross-entropy, alone with weight 1. The best epoch (validation
+accuracy, or MAE without classes) over all --seeds is kept as `<out>/best.pt` with the tokenizer
+beside it; `<out>/predictions.jsonl` holds its validation predictions. The model, its inputs
+and its checkpoint live in `trainer/classifier.py`; the checks are worded in
+`trainer/finetune_checks.py`.
 """
 
 from __future__ import annotations
@@ -16,22 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from bertprep.trainer.labelled import Labelled, read_labelled
 from bertprep.shards.atomic import atomic_write
-from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
+from bertprep.shards.errors import ConfigError, InputError
+from bertprep.trainer import finetune_checks as checks
 from bertprep.trainer.artifacts import keep_tokenizer
+from bertprep.trainer.classifier import (CLASSIFIER_FORMAT, CLASSIFIER_VERSION, Classifier,  # noqa: F401
+                                         collate, encode_texts, encoding_tokenizer, example_losses,
+                                         load_classifier, save_classifier)  # (re-exported: older imports)
 from bertprep.trainer.config import ModelConfig
-from bertprep.trainer.interchange import load_encoder, load_pretrained
+from bertprep.trainer.interchange import Pretrained, load_encoder, load_pretrained
+from bertprep.trainer.labelled import Labelled, read_labelled
 from bertprep.trainer.metrics import MetricsLog
-from bertprep.trainer.model import Bert
 from bertprep.trainer.optim import lr_factor, param_groups
 
-CLASSIFIER_FORMAT = "bertprep-classifier"
-CLASSIFIER_VERSION = 1
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,10 +52,15 @@ class FinetuneConfig:
     val: str                            # --val
     test: str | None = None             # --test
     text_column: str = "sentence"       # --text-column
+    text_column_b: str | None = None    # --text-column-b: second sentence of a pair
     label_column: str = "label"         # --label-column
+    task: str = "classification"        # --task: classification, or regression (a rating head only)
+    regression_column: str | None = None  # --regression-column: a rating per row for a rating head
+    regression_weight: float = 0.02     # --regression-weight: the rating loss next to cross-entropy
     out: str = "runs/finetune"          # --out
     epochs: int = 3                     # --epochs
     batch_size: int = 32                # --batch-size
+    grad_accum: int = 1                 # --grad-accum: batches summed into one optimizer step
     lr: float = 2e-5                    # --lr
     warmup_ratio: float = 0.1           # --warmup-ratio
     weight_decay: float = 0.01          # --weight-decay
@@ -53,11 +68,14 @@ class FinetuneConfig:
     dropout: float = 0.1                # --dropout (classifier and encoder)
     max_len: int = 128                  # --max-len
     seed: int = 0                       # --seed
+    seeds: tuple[int, ...] = ()         # --seeds: one fine-tune per seed (replaces --seed)
     from_scratch: bool = False          # --from-scratch: same architecture, random weights
+    show_batch: bool = False            # --show-batch: print the first training batch decoded
+    show_errors: int = 0                # --show-errors N: the N most confidently wrong val rows
     device: str = "auto"                # --device
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "max_len"):
+        for name in ("epochs", "batch_size", "max_len", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -70,64 +88,73 @@ class FinetuneConfig:
             raise ConfigError("--weight-decay and --clip must be >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "regression" and not self.regression_column:
+            raise ConfigError("--task regression needs --regression-column (the column of numbers to learn)")
+        if not self.regression_weight > 0:
+            raise ConfigError(f"--regression-weight must be > 0, got {self.regression_weight}")
+        if self.show_errors < 0:
+            raise ConfigError(f"--show-errors must be >= 0, got {self.show_errors}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds has a seed twice: {','.join(map(str, self.seeds))}")
+
+    @property
+    def classify(self) -> bool:
+        return self.task == "classification"
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
 
-class Classifier(nn.Module):
-    """Encoder -> pooled [CLS] -> dropout -> linear. Keeps the whole pretrained `Bert` (its MLM head
-    stays untouched) so the encoder's state dict keeps the names every other tool maps."""
+@dataclass
+class Prepared:
+    """Everything every seed shares: the pretrained encoder, the encoded sets, the heads' shape."""
 
-    def __init__(self, mcfg: ModelConfig, num_classes: int, dropout: float):
-        super().__init__()
-        self.bert = Bert(mcfg)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(mcfg.hidden, num_classes)
-        nn.init.normal_(self.head.weight, std=mcfg.init_std)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, token_type_ids, lengths):
-        cls = torch.zeros_like(lengths)[:, None]                                       # (B, 1)
-        h = self.bert.encode(input_ids, token_type_ids, lengths, cls)[:, 0]            # (B, C)
-        if self.bert.nsp is not None:
-            h = torch.tanh(self.bert.nsp.pooler(h))
-        return self.head(self.drop(h))                                                 # (B, K)
+    pre: Pretrained
+    mcfg: ModelConfig
+    tok: Tokenizer
+    pad_id: int
+    num_classes: int                     # 0: no class head
+    rating: tuple[float, float] | None   # training ratings' mean and std: a rating head
+    sets: dict[str, Labelled]            # train, val (, test)
+    seqs: dict[str, list[np.ndarray]]
+    device: torch.device
 
 
-def encoding_tokenizer(tokenizer_json: Path, max_len: int) -> Tokenizer:
-    """The run's tokenizer set to add [CLS]/[SEP], truncate to `max_len`, and read special-token
-    text in sentences as plain text (as `bertprep tokenize` does)."""
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.encode_special_tokens = True
-    tok.no_padding()
-    tok.enable_truncation(max_len)
-    return tok
+def _targets(data: Labelled, rows, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    y = torch.from_numpy(data.labels[rows]).to(device) if data.labels is not None else None
+    r = torch.from_numpy(data.ratings[rows]).float().to(device) if data.ratings is not None else None
+    return y, r
 
 
-def encode_sentences(tok: Tokenizer, texts: list[str]) -> list[np.ndarray]:
-    return [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(texts, add_special_tokens=True)]
-
-
-def collate(seqs: list[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of the batch."""
-    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    ids = np.full((len(seqs), int(lengths.max())), pad_id, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-    return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
-            "lengths": torch.from_numpy(lengths)}
-
-
-def evaluate_classifier(model: Classifier, seqs, labels, batch_size: int, pad_id: int, device) -> dict:
+@torch.no_grad()
+def evaluate(model: Classifier, p: Prepared, split: str, cfg: FinetuneConfig, rows: np.ndarray | None = None) -> dict:
+    """loss (, acc, probs) (, mae, ratings) over a set (or some of its rows), in eval mode."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(seqs), batch_size):
-            batch = {k: v.to(device) for k, v in collate(seqs[start:start + batch_size], pad_id).items()}
-            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            logits = model(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += int((logits.argmax(-1) == y).sum())
-    n = max(len(seqs), 1)
-    return {"loss": loss_sum / n, "acc": correct / n}
+    data, seqs = p.sets[split], p.seqs[split]
+    rows = np.arange(len(seqs)) if rows is None else rows
+    loss_sum, ce_sum, probs, ratings = 0.0, 0.0, [], []
+    for start in range(0, len(rows), cfg.batch_size):
+        part = rows[start:start + cfg.batch_size]
+        batch = {k: v.to(p.device) for k, v in collate([seqs[i] for i in part], p.pad_id).items()}
+        logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
+        y, r = _targets(data, part, p.device)
+        loss_sum += example_losses(model, logits, rating, y, r, cfg.regression_weight).sum().item()
+        if logits is not None:
+            ce_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            probs.append(logits.float().softmax(-1).cpu().numpy())
+        if rating is not None:
+            ratings.append(rating.float().cpu().numpy())
+    out = {"loss": loss_sum / max(len(rows), 1)}
+    if probs:
+        out["probs"], out["ce"] = np.concatenate(probs), ce_sum / max(len(rows), 1)
+        out["acc"] = float((out["probs"].argmax(-1) == data.labels[rows]).mean())
+    if ratings:
+        out["ratings"] = np.concatenate(ratings)
+        out["mae"] = float(np.abs(out["ratings"] - data.ratings[rows]).mean())
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -136,109 +163,232 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _read(path: str, cfg: FinetuneConfig) -> Labelled:
-    return read_labelled(path, cfg.text_column, cfg.label_column)
-
-
-def save_classifier(path: Path, model: Classifier, mcfg: ModelConfig, num_classes: int, data: dict,
-                    cfg: FinetuneConfig, extra: dict) -> None:
-    with atomic_write(path) as f:
-        torch.save({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": model.state_dict(),
-                    "model_config": mcfg.to_dict(), "num_classes": num_classes, "data": data,
-                    "config": asdict(cfg), **extra}, f)
-
-
-def load_classifier(path: Path) -> tuple[Classifier, dict]:
-    """A fine-tuned classifier, loaded without running code (weights_only)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle payloads and truncated files are bad input
-        raise ShardFormatError(f"{path}: not a loadable checkpoint ({e.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT:
-        raise ShardFormatError(f"{path}: not a bertprep classifier checkpoint")
-    if ckpt.get("version") != CLASSIFIER_VERSION:
-        raise ShardFormatError(f"{path}: classifier version {ckpt.get('version')}, this bertprep reads {CLASSIFIER_VERSION}")
-    model = Classifier(ModelConfig(**ckpt["model_config"]), ckpt["num_classes"], 0.0)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
-
-
-def finetune(cfg: FinetuneConfig, echo=print) -> dict:
-    """Fine-tune, validating after each epoch; keeps the best epoch; tests it at the end."""
+def prepare(cfg: FinetuneConfig) -> Prepared:
     pre = load_pretrained(cfg.checkpoint, cfg.init_from_hf)
     mcfg = ModelConfig(**{**pre.model_config.to_dict(), "dropout": cfg.dropout})
     if cfg.max_len > mcfg.max_len:
         raise ConfigError(f"--max-len {cfg.max_len} is longer than the model's {mcfg.max_len} positions")
-    train, val = _read(cfg.train, cfg), _read(cfg.val, cfg)
-    test = _read(cfg.test, cfg) if cfg.test else None
-    num_classes = int(max(train.labels.max(), val.labels.max(), test.labels.max() if test else 0)) + 1
-    if num_classes < 2:
-        raise InputError(f"{cfg.train}: every label is 0; a classifier needs at least two classes")
+    files = {"train": cfg.train, "val": cfg.val, **({"test": cfg.test} if cfg.test else {})}
+    sets = {k: read_labelled(f, cfg.text_column, cfg.label_column if cfg.classify else None,
+                             text_column_b=cfg.text_column_b, rating_column=cfg.regression_column)
+            for k, f in files.items()}
+    num_classes = 0
+    if cfg.classify:
+        num_classes = int(max(s.labels.max() for s in sets.values())) + 1
+        if num_classes < 2:
+            raise InputError(f"{cfg.train}: every label is 0; a classifier needs at least two classes")
+    rating = None
+    if cfg.regression_column:
+        r = sets["train"].ratings
+        if r.std() == 0:
+            raise InputError(f"{cfg.train}: every {cfg.regression_column!r} is {r[0]:g}; nothing to learn")
+        rating = (float(r.mean()), float(r.std()))
     tok = encoding_tokenizer(pre.tokenizer, cfg.max_len)
-    pad_id = pre.data["special_ids"]["pad"]
-    train_seqs, val_seqs = encode_sentences(tok, train.texts), encode_sentences(tok, val.texts)
-    test_seqs = encode_sentences(tok, test.texts) if test else None
+    seqs = {k: encode_texts(tok, s.texts, s.texts_b) for k, s in sets.items()}
+    return Prepared(pre, mcfg, tok, pre.data["special_ids"]["pad"], num_classes, rating, sets, seqs,
+                    _device(cfg.device))
 
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
-    model = Classifier(mcfg, num_classes, cfg.dropout)
-    if not cfg.from_scratch:
-        load_encoder(pre, model.bert)
-    model.to(device)
-    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+
+def _order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)  # from position, never from history
+
+
+def _new_model(cfg: FinetuneConfig, p: Prepared, seed: int) -> tuple[Classifier, str]:
+    """A fresh model for `seed`: random heads, the encoder loaded unless --from-scratch; and the
+    check line saying how many encoder tensors came from the checkpoint."""
+    torch.manual_seed(seed)
+    model = Classifier(p.mcfg, p.num_classes, cfg.dropout, p.rating)
+    if cfg.from_scratch:
+        line = f"check: encoder weights: none loaded (--from-scratch: random weights, the baseline) from {p.pre.source}"
+    else:
+        shapes = {k: tuple(v.shape) for k, v in p.pre.state.items()}
+        mine = model.bert.state_dict()
+        checks.weights_line(p.pre.source, shapes, {k: tuple(v.shape) for k, v in mine.items()})  # refuses no match
+        load_encoder(p.pre, model.bert)
+        mine = model.bert.state_dict()
+        same = all(torch.equal(mine[k], v.to(mine[k].dtype)) for k, v in p.pre.state.items() if k in mine)
+        line = checks.weights_line(p.pre.source, shapes, {k: tuple(v.shape) for k, v in mine.items()}, same)
+    return model.to(p.device), line
+
+
+def start_checks(cfg: FinetuneConfig, p: Prepared, model: Classifier, seed: int, echo, warn) -> None:
+    """What to look at before spending compute: label balance, one decoded batch, the untrained loss."""
+    train, val = p.sets["train"], p.sets["val"]
+    if p.num_classes:
+        lines, warnings = checks.label_balance(train.labels, val.labels, p.num_classes)
+        for line in lines:
+            echo(line)
+        for w in warnings:
+            warn(f"warning: {w}")
+    if p.rating is not None:
+        echo(checks.rating_line(train.ratings, val.ratings))
+    first = _order(seed, 1, len(train))
+    if cfg.show_batch:
+        vocab = [""] * p.tok.get_vocab_size()
+        for token, i in p.tok.get_vocab().items():
+            vocab[i] = token
+        rows = first[:cfg.batch_size]
+        echo(f"first training batch (seed {seed}), as the model sees it:")
+        for line in checks.render_batch([p.seqs["train"][i] for i in rows], vocab, p.pad_id,
+                                        None if train.labels is None else train.labels[rows],
+                                        None if train.ratings is None else train.ratings[rows]):
+            echo(line)
+    if p.num_classes:
+        rows = first[:4 * cfg.batch_size]
+        loss = evaluate(model, p, "train", cfg, rows)["ce"]
+        line, warning = checks.initial_loss_line(loss, math.ceil(len(rows) / cfg.batch_size), p.num_classes,
+                                                 len(np.unique(train.labels)))
+        echo(line)
+        if warning:
+            warn(f"warning: {warning}")
+
+
+class _Keeper:
+    """Writes <out>/best.pt whenever an epoch of any seed beats every epoch before it."""
+
+    def __init__(self, path: Path):
+        self.path, self.score, self.meta = path, None, None
+
+    def offer(self, score: tuple, model: Classifier, p: Prepared, cfg: FinetuneConfig, meta: dict) -> None:
+        if self.score is None or score > self.score:
+            rating = None if p.rating is None else {"column": cfg.regression_column, "mean": p.rating[0],
+                                                    "std": p.rating[1]}
+            save_classifier(self.path, model.state_dict(), model_config=p.mcfg, num_classes=p.num_classes,
+                            rating=rating, pair=cfg.text_column_b is not None, data=p.pre.data,
+                            config={**asdict(cfg), "seeds": list(cfg.seeds)}, **meta)
+            self.score, self.meta = score, meta
+
+
+def train_seed(cfg: FinetuneConfig, p: Prepared, seed: int, model: Classifier, log: MetricsLog, keeper: _Keeper,
+               echo, warn) -> dict:
+    """Fine-tune one seed: validate after each epoch, offer each epoch to the keeper; then test the
+    seed's best epoch. Returns that epoch's record (+ test metrics)."""
+    train = p.sets["train"]
+    micro = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup=warmup, max_steps=total, decay="linear", min_ratio=0.0))
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    keep_tokenizer(pre.tokenizer, out)
-    (out / "metrics.jsonl").unlink(missing_ok=True)  # this run's records only
-    log = MetricsLog(out, enabled=True, tensorboard=False)
-    data = pre.data
-    echo(f"fine-tuning {'a randomly initialised' if cfg.from_scratch else pre.source} encoder "
-         f"({mcfg.layers}x{mcfg.hidden}) on {len(train_seqs):,} sentences, {num_classes} classes, "
-         f"{cfg.epochs} epochs of {steps_per_epoch} steps on {device.type}")
-    rng = np.random.default_rng(cfg.seed)
-    best, step, t0 = None, 0, time.perf_counter()
+    note = f"seed {seed} " if len(cfg.seed_list) > 1 else ""
+    best, best_state, step, t0 = None, None, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = rng.permutation(len(train_seqs))
+        order = _order(seed, epoch, len(train))
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         loss_sum = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            batch = {k: v.to(device) for k, v in collate([train_seqs[i] for i in rows], pad_id).items()}
-            y = torch.from_numpy(train.labels[rows]).to(device)
-            loss = F.cross_entropy(model(batch["input_ids"], batch["token_type_ids"], batch["lengths"]), y)
+        for g in range(0, len(batches), cfg.grad_accum):
+            group = batches[g:g + cfg.grad_accum]
+            count = sum(len(rows) for rows in group)  # the step's mean is over all its examples
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for rows in group:
+                batch = {k: v.to(p.device) for k, v in collate([p.seqs["train"][i] for i in rows], p.pad_id).items()}
+                logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
+                y, r = _targets(train, rows, p.device)
+                loss = example_losses(model, logits, rating, y, r, cfg.regression_weight).sum() / count
+                loss.backward()
+                loss_sum += loss.item() * count
+            if not math.isfinite(loss_sum):
+                raise ConfigError(f"the loss became {loss_sum} at step {step + 1}; lower --lr")
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             sched.step()
             step += 1
-            loss_sum += loss.item() * len(rows)
-            if not math.isfinite(loss.item()):
-                raise ConfigError(f"the loss became {loss.item()} at step {step}; lower --lr")
-        v = evaluate_classifier(model, val_seqs, val.labels, cfg.batch_size, pad_id, device)
-        rec = {"epoch": epoch, "step": step, "loss": loss_sum / len(order), "val_loss": v["loss"], "val_acc": v["acc"]}
+        v = evaluate(model, p, "val", cfg)
+        rec = {"seed": seed, "epoch": epoch, "step": step, "loss": loss_sum / len(order), "val_loss": v["loss"]}
+        text = f"{note}epoch {epoch}: train loss {rec['loss']:.4f} | val loss {v['loss']:.4f}"
+        if "acc" in v:
+            rec["val_acc"] = v["acc"]
+            text += f" | val acc {100 * v['acc']:.2f}%"
+        if "mae" in v:
+            rec["val_mae"] = v["mae"]
+            text += f" | val MAE {v['mae']:.4f}"
         log.write(rec)
-        echo(f"epoch {epoch}: train loss {rec['loss']:.4f} | val loss {v['loss']:.4f} | val acc {100 * v['acc']:.2f}%"
-             f" | {time.perf_counter() - t0:.0f}s")
-        if best is None or v["acc"] > best["val_acc"]:
-            best = rec
-            save_classifier(out / "best.pt", model, mcfg, num_classes, data, cfg,
-                            {"epoch": epoch, "val_acc": v["acc"], "pretrained": pre.source})
-    result = {"best_epoch": best["epoch"], "val_acc": best["val_acc"], "out": str(out)}
-    if test is not None:
-        model, _ = load_classifier(out / "best.pt")
-        model.to(device)
-        t = evaluate_classifier(model, test_seqs, test.labels, cfg.batch_size, pad_id, device)
-        log.write({"epoch": best["epoch"], "step": step, "test_loss": t["loss"], "test_acc": t["acc"]})
-        echo(f"test (best epoch {best['epoch']}): loss {t['loss']:.4f} | acc {100 * t['acc']:.2f}%")
-        result["test_acc"] = t["acc"]
-    log.close()
+        echo(f"{text} | {time.perf_counter() - t0:.0f}s")
+        if "probs" in v:
+            w = checks.one_class_warning(epoch, v["probs"].argmax(-1), p.sets["val"].labels, note)
+            if w:
+                warn(f"warning: {w}")
+        score = (v["acc"], -v["loss"]) if "acc" in v else (-v["mae"],)
+        if best is None or score > best[0]:
+            best = (score, rec)
+            best_state = {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()}
+        keeper.offer(score, model, p, cfg, {"seed": seed, "epoch": epoch, "pretrained": p.pre.source,
+                                            **{k: v for k, v in rec.items() if k.startswith("val_")}})
+    result = dict(best[1])
+    if "test" in p.sets:
+        model.load_state_dict(best_state)
+        t = evaluate(model, p, "test", cfg)
+        test = {"seed": seed, "epoch": result["epoch"], "step": step, "test_loss": t["loss"],
+                **({"test_acc": t["acc"]} if "acc" in t else {}), **({"test_mae": t["mae"]} if "mae" in t else {})}
+        log.write(test)
+        echo(f"{note}test (best epoch {result['epoch']}): loss {t['loss']:.4f}"
+             + (f" | acc {100 * t['acc']:.2f}%" if "acc" in t else "")
+             + (f" | MAE {t['mae']:.4f}" if "mae" in t else ""))
+        result.update({k: v for k, v in test.items() if k.startswith("test_")})
     return result
+
+
+def finetune(cfg: FinetuneConfig, echo=print, warn=None) -> dict:
+    """Run the start-of-run checks, fine-tune once per seed, keep the best epoch of all, report the
+    seeds' spread, and write the kept model's validation predictions (printing the worst)."""
+    warn = warn or echo
+    p = prepare(cfg)
+    model, weights = _new_model(cfg, p, cfg.seed_list[0])  # refuses a checkpoint with no matching weights
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_tokenizer(p.pre.tokenizer, out)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # this run's records only
+    log = MetricsLog(out, enabled=True, tensorboard=False)
+    heads = " and ".join(([f"{p.num_classes} classes"] if p.num_classes else [])
+                         + ([f"the rating {cfg.regression_column!r}"] if p.rating else []))
+    micro = math.ceil(len(p.sets["train"]) / cfg.batch_size)
+    rows = "pairs" if cfg.text_column_b else "sentences"
+    echo(f"fine-tuning {'a randomly initialised' if cfg.from_scratch else p.pre.source} encoder "
+         f"({p.mcfg.layers}x{p.mcfg.hidden}) on {len(p.sets['train']):,} {rows}"
+         f", {heads}, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''} of {math.ceil(micro / cfg.grad_accum)} steps"
+         + (f" (x{cfg.grad_accum} batches of {cfg.batch_size})" if cfg.grad_accum > 1 else "")
+         + (f", seeds {','.join(map(str, cfg.seed_list))}" if len(cfg.seed_list) > 1 else "") + f" on {p.device.type}")
+    keeper, per_seed = _Keeper(out / "best.pt"), []
+    try:
+        echo(weights)
+        start_checks(cfg, p, model, cfg.seed_list[0], echo, warn)
+        for n, seed in enumerate(cfg.seed_list):
+            if n:
+                model, _ = _new_model(cfg, p, seed)
+            per_seed.append(train_seed(cfg, p, seed, model, log, keeper, echo, warn))
+        metric = "val_acc" if p.num_classes else "val_mae"
+        result = {"best_seed": keeper.meta["seed"], "best_epoch": keeper.meta["epoch"], metric: keeper.meta[metric],
+                  "out": str(out), "seeds": per_seed}
+        kept = next(r for r in per_seed if r["seed"] == keeper.meta["seed"])
+        result.update({k: v for k, v in kept.items() if k.startswith("test_")})
+        if len(per_seed) > 1:
+            lines, summary = checks.seed_summary(per_seed, metric)
+            for line in lines:
+                echo(line)
+            echo(f"kept seed {keeper.meta['seed']}, epoch {keeper.meta['epoch']} -> {out / 'best.pt'}")
+            log.write({"event": "seeds", "seeds": list(cfg.seed_list), "best_seed": keeper.meta["seed"],
+                       **{f"{k}_{stat}": s[stat] for k, s in summary.items() for stat in ("mean", "std")}})
+            result["summary"] = summary
+        _predictions(cfg, p, out, echo)
+    finally:
+        log.close()
+    return result
+
+
+def _predictions(cfg: FinetuneConfig, p: Prepared, out: Path, echo) -> None:
+    """The kept model's validation predictions to predictions.jsonl; the worst N printed."""
+    import json
+
+    model, _ = load_classifier(out / "best.pt")
+    model.to(p.device)
+    v, val = evaluate(model, p, "val", cfg), p.sets["val"]
+    records = checks.prediction_records(val.texts, val.texts_b, val.labels, v.get("probs"), val.ratings,
+                                        v.get("ratings"))
+    with atomic_write(out / "predictions.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    if cfg.show_errors:
+        for line in checks.worst_errors(records, cfg.show_errors):
+            echo(line)

@@ -1,5 +1,7 @@
-"""`bertprep predict`: fill-mask with a pretraining checkpoint, class probabilities with a
-fine-tuned one. Both load checkpoints with `weights_only=True` and use the run's own tokenizer."""
+"""`bertprep predict`: fill-mask with a pretraining checkpoint, class probabilities (and the
+rating, where the run trained a rating head) with a fine-tuned one. Both load checkpoints with
+`weights_only=True` and use the run's own tokenizer. A sentence-pair model reads each input as
+`first sentence<TAB>second sentence`."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from bertprep.shards.errors import InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, resolve_checkpoint
 from bertprep.trainer.config import ModelConfig
-from bertprep.trainer.finetune import CLASSIFIER_FORMAT, collate, encoding_tokenizer, load_classifier
+from bertprep.trainer.classifier import CLASSIFIER_FORMAT, collate, encode_texts, encoding_tokenizer, load_classifier
 from bertprep.trainer.model import Bert
 
 
@@ -45,19 +47,40 @@ def fill_mask(model: Bert, tok: Tokenizer, sentences: list[str], top_k: int, voc
     return out
 
 
+def classify(path: Path, sentences: list[str]) -> dict:
+    """Class probabilities and/or ratings of a fine-tuned checkpoint, 32 sentences at a time."""
+    model, ckpt = load_classifier(path)
+    tok = encoding_tokenizer(find_tokenizer(ckpt, path), ckpt["config"]["max_len"])
+    texts, texts_b = sentences, None
+    if ckpt.get("pair"):
+        halves = [s.split("\t", 1) for s in sentences]
+        bad = [s for s, h in zip(sentences, halves) if len(h) != 2]
+        if bad:
+            raise InputError(f"this model reads sentence pairs: give 'first<TAB>second' ({bad[0]!r} has no tab)")
+        texts, texts_b = [h[0] for h in halves], [h[1] for h in halves]
+    seqs = encode_texts(tok, texts, texts_b)
+    probs, ratings = [], []
+    with torch.no_grad():
+        for start in range(0, len(seqs), 32):
+            batch = collate(seqs[start:start + 32], ckpt["data"]["special_ids"]["pad"])
+            logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
+            if logits is not None:
+                probs += [[round(float(p), 6) for p in row] for row in logits.float().softmax(-1).tolist()]
+            if rating is not None:
+                ratings += [round(float(r), 6) for r in rating.float().tolist()]
+    if not probs:
+        return {"kind": "rate", "results": ratings}
+    return {"kind": "classify", "results": probs, **({"ratings": ratings} if ratings else {})}
+
+
 def predict(checkpoint: str | Path, sentences: list[str], top_k: int = 5) -> dict:
-    """{"kind": "fill-mask", "results": ...} or {"kind": "classify", "results": [[p0, p1, ...], ...]}."""
+    """{"kind": "fill-mask", "results": ...}, {"kind": "classify", "results": [[p0, p1, ...], ...]}
+    (+ "ratings": [r, ...] with a rating head) or {"kind": "rate", "results": [r, ...]}."""
     if not sentences:
         raise InputError("give at least one sentence (as arguments or with --file)")
     path = resolve_checkpoint(checkpoint)
     if _kind(path) == "classifier":
-        model, ckpt = load_classifier(path)
-        tok = encoding_tokenizer(find_tokenizer(ckpt, path), ckpt["config"]["max_len"])
-        seqs = [torch.tensor(e.ids).numpy() for e in tok.encode_batch(sentences, add_special_tokens=True)]
-        batch = collate(seqs, ckpt["data"]["special_ids"]["pad"])
-        with torch.no_grad():
-            probs = model(batch["input_ids"], batch["token_type_ids"], batch["lengths"]).float().softmax(-1)
-        return {"kind": "classify", "results": [[round(float(p), 6) for p in row] for row in probs.tolist()]}
+        return classify(path, sentences)
     ckpt = ckpt_io.load(path)
     model = Bert(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])

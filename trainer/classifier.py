@@ -1,0 +1,138 @@
+"""The fine-tuned model and its checkpoint: what `finetune` trains and `predict` loads.
+
+`Classifier` is a pretrained `Bert`, its pooler where pretraining had one (tanh over [CLS]),
+dropout, then a linear class head and/or a linear rating head on the same [CLS] output. Inputs
+are `[CLS] a [SEP]` or, for pairs, `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1, made by the
+run's own tokenizer. A checkpoint (`best.pt`) is a `torch.save`d dict of tensors and plain values,
+loaded with `weights_only=True`:
+
+    format, version   "bertprep-classifier", 2 (version 1 files still load)
+    model             the Classifier's state dict: bert.* (our encoder names), head.* (classes),
+                      rate.* (ratings, version 2)
+    model_config      the encoder's ModelConfig as a dict
+    num_classes       K (0: no class head, version 2)
+    rating            None, or {"column", "mean", "std"}: the head predicts mean + std * z (version 2)
+    pair              whether inputs are sentence pairs (version 2)
+    data              the pretraining data's settings (vocab size, special ids, tokenizer sha256)
+    config            the FinetuneConfig as a dict
+    seed, epoch, val_*, pretrained   which run and epoch was kept, its validation figures, its source
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from bertprep.shards.atomic import atomic_write
+from bertprep.shards.errors import ShardFormatError
+from bertprep.trainer.checkpoint import read_torch_file
+from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import Bert
+
+CLASSIFIER_FORMAT = "bertprep-classifier"
+CLASSIFIER_VERSION = 2  # 2: optional rating head, num_classes 0, sentence pairs
+READS_VERSIONS = (1, 2)
+
+
+class Classifier(nn.Module):
+    """Encoder -> pooled [CLS] -> dropout -> class logits and/or a rating. Keeps the whole
+    pretrained `Bert` (its MLM head stays untouched) so the encoder's state dict keeps the names
+    every other tool maps."""
+
+    def __init__(self, mcfg: ModelConfig, num_classes: int, dropout: float, rating: tuple[float, float] | None = None):
+        super().__init__()
+        self.bert = Bert(mcfg)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(mcfg.hidden, num_classes) if num_classes else None
+        self.rate = nn.Linear(mcfg.hidden, 1) if rating else None
+        self.rating_mean, self.rating_std = rating or (0.0, 1.0)  # the training ratings' (kept in the checkpoint)
+        for layer in (self.head, self.rate):
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=mcfg.init_std)
+                nn.init.zeros_(layer.bias)
+
+    def heads(self, input_ids, token_type_ids, lengths):
+        """Class logits (B, K) and ratings (B,) in the target's units; None for a head it lacks."""
+        cls = torch.zeros_like(lengths)[:, None]                                       # (B, 1)
+        h = self.bert.encode(input_ids, token_type_ids, lengths, cls)[:, 0]            # (B, C)
+        if self.bert.nsp is not None:
+            h = torch.tanh(self.bert.nsp.pooler(h))
+        h = self.drop(h)
+        logits = self.head(h) if self.head is not None else None                       # (B, K)
+        rating = self.rating_mean + self.rating_std * self.rate(h)[:, 0] if self.rate is not None else None  # (B,)
+        return logits, rating
+
+    def forward(self, input_ids, token_type_ids, lengths):
+        """Class logits (B, K), as version 1 had them (`heads` gives the ratings too)."""
+        return self.heads(input_ids, token_type_ids, lengths)[0]
+
+
+def example_losses(model: Classifier, logits, rating, labels, ratings, weight: float) -> torch.Tensor:
+    """Per-example loss (B,): cross-entropy + weight x |rating error| / std of the training ratings
+    (the L1 alone when there are no classes)."""
+    loss = 0.0
+    if logits is not None:
+        loss = F.cross_entropy(logits.float(), labels, reduction="none")
+    if rating is not None:
+        l1 = (rating.float() - ratings).abs() / model.rating_std
+        loss = loss + (weight if logits is not None else 1.0) * l1
+    return loss
+
+
+def encoding_tokenizer(tokenizer_json: Path, max_len: int) -> Tokenizer:
+    """The run's tokenizer set to add [CLS]/[SEP], truncate to `max_len` (pairs: the longer side
+    first), and read special-token text in sentences as plain text (as `bertprep tokenize` does)."""
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.encode_special_tokens = True
+    tok.no_padding()
+    tok.enable_truncation(max_len)
+    return tok
+
+
+def encode_texts(tok: Tokenizer, texts: list[str], texts_b: list[str] | None = None) -> list[np.ndarray]:
+    """Each example as a (2, L) int64 array: token ids, then segment ids (1 on `b [SEP]`)."""
+    inputs = texts if texts_b is None else list(zip(texts, texts_b))
+    return [np.asarray([e.ids, e.type_ids], dtype=np.int64) for e in tok.encode_batch(inputs, add_special_tokens=True)]
+
+
+def collate(seqs: list[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad examples to the longest of the batch: (2, L) arrays of ids and segments, or (L,) ids
+    (segment 0)."""
+    seqs = [s if s.ndim == 2 else np.stack([s, np.zeros_like(s)]) for s in seqs]
+    lengths = np.fromiter((s.shape[1] for s in seqs), dtype=np.int64, count=len(seqs))
+    ids = np.full((len(seqs), int(lengths.max())), pad_id, dtype=np.int64)
+    segments = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : s.shape[1]], segments[i, : s.shape[1]] = s
+    return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(segments),
+            "lengths": torch.from_numpy(lengths)}
+
+
+def save_classifier(path: Path, state: dict, *, model_config: ModelConfig, num_classes: int,
+                    rating: dict | None, pair: bool, data: dict, config: dict, **extra) -> None:
+    """Write a classifier checkpoint atomically: plain values and tensors only."""
+    with atomic_write(path) as f:
+        torch.save({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": state,
+                    "model_config": model_config.to_dict(), "num_classes": num_classes, "rating": rating,
+                    "pair": pair, "data": data, "config": config, **extra}, f)
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict]:
+    """A fine-tuned classifier (versions 1 and 2), loaded without running code (weights_only)."""
+    ckpt = read_torch_file(path)  # refuses pickle payloads and truncated files in one line
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT:
+        raise ShardFormatError(f"{path}: not a bertprep classifier checkpoint")
+    if ckpt.get("version") not in READS_VERSIONS:
+        raise ShardFormatError(f"{path}: classifier version {ckpt.get('version')}, this bertprep reads "
+                               f"{', '.join(map(str, READS_VERSIONS))}; use a newer bertprep")
+    rating = ckpt.get("rating")
+    model = Classifier(ModelConfig(**ckpt["model_config"]), ckpt["num_classes"], 0.0,
+                       (rating["mean"], rating["std"]) if rating else None)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
