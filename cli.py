@@ -363,6 +363,55 @@ def report(run, out, examples, val, val_batches, batch_size):
     click.echo(f"report ({what}) -> {r['out']}")
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--tokens", "tokens_dir", type=click.Path(path_type=Path), default=Path("tokens"), show_default=True,
+              help="Token store to write; one already made there from CORPUS gives exact token counts.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per run: the batch is split over them.")
+@click.option("--steps", type=int, help="Total steps [default: the recipe's]; phase ends and warm-up scale with it.")
+@click.option("--batch-size", type=int, help="Examples per step over all GPUs [default: the recipe's].")
+@click.option("--vocab-size", type=int, help="WordPiece vocabulary to train [default: the recipe's].")
+def recipe(name, corpus, tokens_dir, gpus, steps, batch_size, vocab_size):
+    """Print the steps of pretraining with recipe NAME on CORPUS, each with its exact command:
+    tokenize, shard at each phase's length (128 and 512), train phase 1, train phase 2 from it.
+
+    Without NAME, lists the recipes. `trainer/run.py --recipe NAME` applies the same settings.
+
+    Example: bertprep recipe bert-base wiki.train.tokens --gpus 8
+    """
+    import json
+
+    from bertprep.shards.errors import ConfigError, InputError
+    from bertprep.trainer.recipes import available, load_recipe, plan
+
+    if not name:
+        for n in available():
+            click.echo(f"{n:<11} {load_recipe(n).description}")
+        return
+    r = load_recipe(name)
+    if not corpus:
+        raise ConfigError(f"bertprep recipe {name}: name the corpus to size the steps for (bertprep recipe {name} CORPUS...)")
+    missing = [str(p) for p in corpus if not p.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such corpus file")
+    size = sum(p.stat().st_size for p in corpus)
+    tokens = None
+    try:  # a token store already made from exactly these files: its count, not an estimate
+        m = json.loads((tokens_dir / "manifest.json").read_text(encoding="utf-8"))
+        made_from = [(str(Path(i["path"]).resolve()), i["bytes"]) for i in m["run"]["inputs"]]
+        if made_from == [(str(p.resolve()), p.stat().st_size) for p in corpus]:
+            tokens = int(m["counts"]["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    lines, steps_ = plan(r, [str(p) for p in corpus], tokens=tokens, tokens_exact=tokens is not None, corpus_bytes=size,
+                         gpus=gpus, steps=steps, batch=batch_size, vocab_size=vocab_size, tokens_dir=str(tokens_dir))
+    for line in lines:
+        click.echo(line)
+    for i, s in enumerate(steps_, 1):
+        click.echo(f"\n{i}. {s.title}\n   $ {s.command}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the click group, mapping our errors to one line and exit 2."""
     try:

@@ -39,9 +39,10 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
-def _candidates(ckpt: dict, ckpt_path: Path):
-    yield run_dir_of(ckpt_path) / "tokenizer.json"
-    for shard in (ckpt.get("config") or {}).get("shards") or []:
+def _store_candidates(shard_paths):
+    """tokenizer.json of the token store the first named shard's manifest records (`tokens_dir`, as
+    given to `bertprep shard`: relative to where it ran, so also tried beside the shard folder)."""
+    for shard in shard_paths or []:
         name = parse_shard_name(shard)
         if name is None:
             continue
@@ -52,7 +53,23 @@ def _candidates(ckpt: dict, ckpt_path: Path):
             continue
         if isinstance(tokens_dir, str):
             yield Path(tokens_dir) / "tokenizer.json"
+            if not Path(tokens_dir).is_absolute():
+                yield manifest.parent.parent / tokens_dir / "tokenizer.json"
         break
+
+
+def _candidates(ckpt: dict, ckpt_path: Path):
+    yield run_dir_of(ckpt_path) / "tokenizer.json"
+    yield from _store_candidates((ckpt.get("config") or {}).get("shards"))
+
+
+def shard_tokenizer(shard_paths, sha256: str | None) -> Path | None:
+    """The tokenizer.json the shards were made with (found through their manifest), or None: only
+    a file whose sha256 is the one the shards record is returned."""
+    for path in _store_candidates(shard_paths):
+        if sha256 and path.is_file() and sha256_file(path) == sha256:
+            return path
+    return None
 
 
 def find_tokenizer(ckpt: dict, ckpt_path: Path) -> Path:

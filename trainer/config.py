@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     vocab_size: int
-    max_len: int                 # position embeddings: the shards' max_len
+    max_len: int                 # positions in the table (--max-position); shards up to this length fit
     layers: int = 2
     hidden: int = 128
     heads: int = 2
@@ -85,6 +85,12 @@ class TrainConfig:
     ffn: int | None = None
     dropout: float = 0.1
     norm: str = "post"
+    max_position: int | None = None          # --max-position: position table size; None: 512, or the shards' length if longer
+    # where the weights start (default: fresh); see trainer/phases.py
+    init_from: str | None = None             # --init-from RUN: a new phase from a finished run's weights
+    init_from_hf: str | None = None          # --init-from-hf DIR: a HuggingFace BERT directory's weights
+    keep_optimizer: bool = False             # --keep-optimizer: with --init-from, carry AdamW's moments and the schedule
+    recipe: str | None = None                # --recipe: recorded here; run.py applies its settings beneath the flags
     # optimisation (defaults: the BERT paper's pretraining)
     max_steps: int = 1_000_000
     max_time: float = 0.0                    # --max-time minutes of training (validation excluded); 0: none
@@ -147,6 +153,12 @@ class TrainConfig:
             raise ConfigError(f"--beta1/--beta2 must be in [0, 1), got {self.beta1}/{self.beta2}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.max_position is not None and self.max_position < 1:
+            raise ConfigError(f"--max-position must be >= 1, got {self.max_position}")
+        if self.init_from and self.init_from_hf:
+            raise ConfigError("give --init-from (a bertprep run) or --init-from-hf (a HuggingFace directory), not both")
+        if self.keep_optimizer and not self.init_from:
+            raise ConfigError("--keep-optimizer carries the optimizer of --init-from RUN; give --init-from")
         for name, value, allowed in (("decay", self.decay, DECAYS), ("norm", self.norm, NORMS),
                                      ("precision", self.precision, PRECISIONS), ("device", self.device, DEVICES)):
             if value not in allowed:

@@ -28,7 +28,7 @@ from bertprep.shards.errors import BertprepError, ConfigError, ShardFormatError
 from bertprep.shards.reader import check_compatible, open_shards
 from bertprep.shards.verify import check_runs_complete, verify_paths
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer import dist
+from bertprep.trainer import dist, phases
 from bertprep.trainer.config import ModelConfig, TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
@@ -103,24 +103,25 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     shards = open_shards(cfg.shards)
     _check_shards(cfg, shards, d)
     data = shard_data(shards)
-    run_dir = Path(cfg.out or f"runs/{data['label']}-{cfg.model}")
-    ck = _checkpoint_to_resume(cfg, run_dir, data)
+    run_dir = Path(cfg.out or phases.default_out(cfg, data))
+    ck = _checkpoint_to_resume(cfg, run_dir, data, shards)
+    start = None if ck else phases.starting_point(cfg, data)  # --init-from / --init-from-hf weights
     log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, quiet=cfg.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
     try:
-        return _prepare(cfg, d, shards, data, run_dir, ck, log).loop()
+        return _prepare(cfg, d, shards, data, run_dir, ck, log, start).loop()
     finally:
         log.close()
 
 
-def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog) -> _Run:
-    """Model, optimizer, schedule and loader, fresh or restored from `ck`."""
+def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog,
+             start: phases.Start | None = None) -> _Run:
+    """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`."""
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
-    mcfg = ModelConfig(**ck["model_config"]) if ck else ModelConfig(
-        vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"], dropout=cfg.dropout,
-        norm=cfg.norm, **cfg.shape())
+    mcfg = ModelConfig(**ck["model_config"]) if ck else phases.model_config(cfg, data, start)
+    phase = phases.phase_of(ck) if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     raw = Bert(mcfg).to(d.device)
     model = raw
@@ -129,7 +130,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     if cfg.compile:
         model = torch.compile(model)
     opt = build_optimizer(raw, cfg, d.device)
-    sched = build_scheduler(opt, cfg)
+    sched = build_scheduler(opt, cfg, phase["schedule_start"])
     stream = ShardStream(shards, StreamConfig(batch_size=cfg.batch_size, seed=cfg.seed, rank=d.rank,
                                               world_size=d.world_size, overfit_batches=cfg.overfit_batches))
     step, start_batch = 0, 0
@@ -146,10 +147,28 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         if shape != cfg.shape() or (mcfg.dropout, mcfg.norm) != (cfg.dropout, cfg.norm):
             log.say(f"note: the model's shape comes from the checkpoint ({shape}, dropout {mcfg.dropout}, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
+    elif start:
+        step = start.step
+        for note in phases.load_weights(raw, start):
+            log.say(f"note: {note}")
+        if start.optimizer is not None:
+            phases.restore_optimizer(start, opt, sched, cfg)
+        shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
+        if shape != cfg.shape() or mcfg.norm != cfg.norm:
+            log.say(f"note: the model's shape comes from {start.source} ({shape}, {mcfg.max_len} positions, "
+                    f"{mcfg.norm}-norm); the model flags of this run are ignored")
+        if d.is_main:
+            phases.carry_history(start, run_dir, cfg.tensorboard)
+    if phase["index"] > 1:
+        log.tag = {"phase": phase["name"]}
+    if d.is_main:
+        note = phases.keep_run_tokenizer(cfg, data, run_dir, start)
+        if note:
+            log.say(note)
     val = _validation_data(cfg, shards, d, log)
     if d.is_main:
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
-                                             "world_size": d.world_size})
+                                             "world_size": d.world_size, "phase": phase})
     log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
             f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
             f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
@@ -157,13 +176,18 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         log.say(log.tb_note)
     if ck:
         log.write({"event": "resume", "step": step})
+    elif start and phase["index"] > 1:
+        log.say(f"{phase['name']}: from {start.source} at step {step}, "
+                f"{'AdamW and schedule carried' if start.optimizer is not None else 'AdamW and schedule restarted'}")
+        log.write({"event": "phase", "step": step, "phase": phase["name"], "init_from": start.source})
     run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
+    run.phase = phase
     if ck:
         run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
     return run
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict | None:
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list) -> dict | None:
     latest = ckpt_io.newest(run_dir)
     if latest is not None and not cfg.resume:
         raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
@@ -171,7 +195,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict) -> dict |
     if latest is None:
         return None
     ck = ckpt_io.load(latest)
-    ckpt_io.check_data_matches(ck["data"], data, latest)
+    phases.check_resume(ck, data, shards, latest)  # the same phase only; names --init-from otherwise
     return ck
 
 
@@ -264,6 +288,7 @@ class _Run:
         self.trace = None
         self.start_step, self.start_batch = step, start_batch
         self.clock = TrainClock()
+        self.phase: dict = {}  # set by _prepare; kept in every checkpoint
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -385,7 +410,7 @@ class _Run:
             "model": self.raw.state_dict(), "model_config": self.mcfg.to_dict(), "data": self.data,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "loader": feed.state_dict(), "rng": _rng_state(self.d), "config": self.cfg.to_dict(),
-            "train_s": self.clock.read()[0], "train_cpu_s": self.clock.read()[1],
+            "train_s": self.clock.read()[0], "train_cpu_s": self.clock.read()[1], "phase": self.phase,
         }
         if self.d.is_main:
             self.last_ckpt = ckpt_io.save(self.run_dir, step, payload, keep=self.cfg.max_checkpoints)

@@ -5,7 +5,9 @@ goes. Training records carry `step`, `loss`, `mlm_loss`, `lr`, `tokens_per_s`, `
 `data_wait_s`, `data_wait_frac`, `elapsed_s`; validation records carry `step`, `val_loss`,
 `val_mlm_acc`, `val_ppl` (and `val_nsp_acc` when the shards have NSP); `event` records mark
 `resume`, `stop` and `end`. On resume, records past the checkpoint's step are dropped, so the file
-always reads as one run. Only rank 0 writes.
+always reads as one run. A later phase (`--init-from`) starts its file with the earlier phases'
+records and tags its own with `phase`; an `{"event": "phase"}` record marks where it began. Only
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class MetricsLog:
         self.path = self.run_dir / METRICS_FILE
         self._tb = None
         self.tb_note = ""
+        self.tag: dict = {}  # merged into every training and validation record (a later phase's `phase`)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
@@ -58,7 +61,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        rec = {k: _clean(v) for k, v in record.items()}
+        rec = {k: _clean(v) for k, v in (record if "event" in record else record | self.tag).items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         if self._tb is not None:

@@ -42,10 +42,13 @@ def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: 
     return 1.0 - (1 - min_ratio) * progress
 
 
-def build_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, cfg: TrainConfig, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of a run whose step counter stood at `start` when the schedule began (a new
+    phase's first step, `--init-from`): warm-up counts from there, the decay ends at --max-steps."""
     min_ratio = cfg.min_lr / cfg.lr
 
-    def factor(step: int) -> float:
-        return lr_factor(step, warmup=cfg.warmup_steps, max_steps=cfg.max_steps, decay=cfg.decay, min_ratio=min_ratio)
+    def factor(step: int) -> float:  # `step`: updates since the schedule began
+        return lr_factor(step, warmup=cfg.warmup_steps, max_steps=cfg.max_steps - start, decay=cfg.decay,
+                         min_ratio=min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -27,6 +27,7 @@ from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
 from bertprep.trainer.config import DECAYS, DEVICES, NORMS, PRECISIONS, PRESETS, TrainConfig  # noqa: E402
 from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
 from bertprep.trainer.loop import NonFiniteLoss, train  # noqa: E402
+from bertprep.trainer.recipes import available, load_recipe, phase_index  # noqa: E402
 
 __all__ = ["train", "evaluate", "parse_config", "main"]
 
@@ -44,6 +45,8 @@ FLAGS = [
     ("--ffn", int, "feed-forward width (default: 4 x hidden)"),
     ("--dropout", float, "dropout on embeddings, attention and residual branches"),
     ("--norm", NORMS, "post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)"),
+    ("--max-position", int, "positions in the model's table, the longest shards it will take (default: 512, "
+                            "or the shards' length when longer)"),
     ("--max-steps", int, "optimizer steps to train for"),
     ("--max-time", float, "minutes of training (validation and checkpoints excluded) after which the run "
                           "validates, checkpoints and stops (0: no limit)"),
@@ -73,6 +76,12 @@ FLAGS = [
     ("--max-checkpoints", int, "keep the newest K checkpoints"),
     ("--out", str, "run directory (default: runs/<label>-<model>)"),
     ("--resume", "bool", "continue from the newest checkpoint in --out"),
+    ("--init-from", str, "start a new phase from this run (its newest checkpoint, or a checkpoint file): its weights, "
+                         "a fresh optimizer, schedule and data position, and the step counter going on"),
+    ("--init-from-hf", str, "start from a HuggingFace BERT directory (its tokenizer must be the shards')"),
+    ("--keep-optimizer", "bool", "with --init-from: carry AdamW's moments and the schedule instead of restarting them"),
+    ("--recipe", str, "a recipe's settings (" + ", ".join(available()) + ", or a .toml file); --config and "
+                      "flags override it"),
     ("--overfit-batches", int, "train on the same N batches (a debugging check: the loss should reach ~0)"),
     ("--prefetch", int, "pinned host buffers in the loader's ring"),
     ("--tensorboard", "bool", "write TensorBoard events (when the tensorboard package is installed)"),
@@ -138,8 +147,12 @@ def _config_file(path: str, parser: argparse.ArgumentParser) -> dict:
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    if first.config:
-        parser.set_defaults(**_config_file(first.config, parser))
+    from_file = _config_file(first.config, parser) if first.config else {}
+    recipe = first.recipe or from_file.get("recipe")
+    if recipe:  # beneath --config and the command line; the phase follows --init-from
+        settings = load_recipe(recipe).settings(phase_index(first.init_from or from_file.get("init_from")))
+        parser.set_defaults(**settings, recipe=recipe)
+    parser.set_defaults(**from_file)
     args = vars(parser.parse_args(argv))
     args.pop("config")
     args["shards"] = _expand(args["shards"]) or ()
