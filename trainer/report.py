@@ -265,7 +265,9 @@ def _finetune(run: RunLog, cfg: ReportConfig, summary: dict) -> list[tuple[str, 
     facts = {"kept": f"epoch {ck.get('epoch')}" + (f", seed {ck['seed']}" if "seed" in ck else ""), **kept,
              "pretrained from": ck.get("pretrained"), "classes": ck.get("num_classes")}
     for key in ("test_acc", "test_mae"):
-        tests = [r[key] for r in run.records if isinstance(r.get(key), (int, float))]
+        # with --seeds every seed has a test record: report the kept model's seed
+        tests = [r[key] for r in run.records if isinstance(r.get(key), (int, float))
+                 and r.get("seed", ck.get("seed")) == ck.get("seed")]
         if tests:
             facts[key] = f"{100 * tests[-1]:.2f}%" if key == "test_acc" else f"{tests[-1]:.4f}"
     sections = [("Overview", page.facts(facts | _facts(run)))]
