@@ -97,10 +97,6 @@ def trainer_refuses(capsys, folder: Path, out: Path, *extra) -> str:
     return err
 
 
-def bertprep_cli(args) -> int:
-    return run_cli(args)
-
-
 # --- kills ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -252,6 +248,12 @@ def test_a_listed_file_that_is_missing_is_refused(shards, tmp_path, capsys):
     assert gone.name in err and "missing" in err, err
 
 
+def test_no_verify_shards_skips_the_check(shards, tmp_path):
+    """--no-verify-shards is for data already verified: a run that lost a file trains on the rest."""
+    train_files(shards)[1].unlink()
+    assert trainer.main(train_args(shards, tmp_path / "run", "--max-steps", 2, "--no-verify-shards")) == 0
+
+
 def test_an_id_outside_the_vocab_in_a_shard_without_manifest_is_refused(tmp_path, capsys):
     """No manifest to compare with: the trainer still checks every example's value ranges, so a
     bad id is one line instead of an IndexError deep in the embedding."""
@@ -278,17 +280,20 @@ def trained(built, tmp_path_factory) -> Path:
     return out
 
 
-def readers(run: Path, ckpt: Path, tmp_path: Path) -> dict:
+def readers(built: dict, run: Path, ckpt: Path, tmp_path: Path) -> dict:
     """Every command that reads a pretraining checkpoint, pointed at `ckpt` (or its run directory)."""
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps({"sentence": s, "label": i % 2}) + "\n"
                             for i, s in enumerate(["a fine day .", "the list is sorted ."] * 4)))
     finetune = ["finetune", "--train", data, "--val", data, "--out", tmp_path / "ft", "--epochs", "1"]
     return {
-        "predict (file)": ["predict", "--checkpoint", ckpt, "the [MASK] function ."],
-        "predict (run)": ["predict", "--checkpoint", run, "the [MASK] function ."],
-        "export": ["export", "--checkpoint", ckpt, "--hf", tmp_path / "hf"],
-        "finetune": [*finetune, "--checkpoint", ckpt],
+        "train --resume": (trainer.main, train_args(built["good"], run, "--max-steps", 12, "--resume")),
+        "train --init-from": (trainer.main, train_args(built["good"], tmp_path / "phase2", "--max-steps", 12,
+                                                       "--init-from", ckpt)),
+        "predict (file)": (run_cli, ["predict", "--checkpoint", ckpt, "the [MASK] function ."]),
+        "predict (run)": (run_cli, ["predict", "--checkpoint", run, "the [MASK] function ."]),
+        "export": (run_cli, ["export", "--checkpoint", ckpt, "--hf", tmp_path / "hf"]),
+        "finetune": (run_cli, [*finetune, "--checkpoint", ckpt]),
     }
 
 
@@ -296,10 +301,8 @@ def test_a_checkpoint_cut_short_is_named_by_every_reader(built, trained, tmp_pat
     run = shutil.copytree(trained, tmp_path / "run")
     last = ckpt_io.newest(run)
     last.write_bytes(last.read_bytes()[: last.stat().st_size * 2 // 3])
-    err = refused(capsys, trainer.main, train_args(built["good"], run, "--max-steps", 6, "--resume"))
-    assert last.name in err and "truncated" in err, err
-    for name, args in readers(run, last, tmp_path).items():
-        err = refused(capsys, bertprep_cli, args)
+    for name, (entry, args) in readers(built, run, last, tmp_path).items():
+        err = refused(capsys, entry, args)
         assert last.name in err and "truncated" in err, (name, err)
 
 
@@ -319,9 +322,18 @@ def test_a_pickle_checkpoint_with_a_payload_is_refused_and_never_runs(built, tra
     evil = ckpt_io.checkpoint_path(run, 10)
     real = ckpt_io.load(ckpt_io.newest(run))
     torch.save(dict(real, step=10, model=OpensAFile(marker)), evil)  # a checkpoint in every other respect
-    err = refused(capsys, trainer.main, train_args(built["good"], run, "--max-steps", 12, "--resume"))
-    assert evil.name in err and "refused" in err, err
-    for name, args in readers(run, evil, tmp_path).items():
-        err = refused(capsys, bertprep_cli, args)
-        assert evil.name in err and "refused" in err, (name, err)
+    hf = tmp_path / "hf-evil"  # a HuggingFace directory whose pytorch_model.bin carries the payload
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_act": "gelu"}))
+    torch.save({"bert.embeddings.word_embeddings.weight": OpensAFile(marker)}, hf / "pytorch_model.bin")
+    entries = readers(built, run, evil, tmp_path) | {
+        "train --init-from-hf": (trainer.main, train_args(built["good"], tmp_path / "from-hf", "--max-steps", 2,
+                                                          "--init-from-hf", hf)),
+        "finetune --init-from-hf": (run_cli, ["finetune", "--init-from-hf", hf, "--train", tmp_path / "labelled.jsonl",
+                                              "--val", tmp_path / "labelled.jsonl", "--out", tmp_path / "ft2"]),
+    }
+    for name, (entry, args) in entries.items():
+        err = refused(capsys, entry, args)
+        where = "pytorch_model.bin" if "hf" in name else evil.name
+        assert where in err and "refused" in err and "io.open" in err, (name, err)
     assert not marker.exists(), "a checkpoint's pickle payload ran"
