@@ -192,7 +192,8 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
         if "short-seq-prob" in data and data["short-seq-prob"] != 0.1:
             cmd += f" --short-seq-prob {data['short-seq-prob']}"
         cmd += f" --dupe-factor {dupe} --split-seed 0"
-        size = examples * dupe * p.max_len * 3  # ~3 bytes a position: uint16 ids, uint8 segments, the rest small
+        slots = p.max_predictions or round(p.max_len * float(data.get("mask-prob", 0.15)))
+        size = examples * dupe * (3 * p.max_len + 4 * slots + 6)  # uint16 ids, uint8 segments, uint16 targets
         steps_list.append(Step(
             f"Shard at {p.max_len} tokens for phase {i} ({dupe} differently masked cop{'y' if dupe == 1 else 'ies'}, "
             f"about {examples * dupe:,} examples, ~{_bytes(size)}; --split-seed 0 puts the same documents in "

@@ -3,7 +3,11 @@
     python trainer/run.py --shards shards/train_* --model tiny --max-steps 1000
     torchrun --nproc-per-node 8 trainer/run.py --shards shards/train_* --model base
     python trainer/run.py --config run.toml --lr 2e-4      # command-line flags win over the file
+    python trainer/run.py --recipe bert-base --shards shards-128/train_* --out runs/p1       # phase 1
+    python trainer/run.py --recipe bert-base --init-from runs/p1 --shards shards-512/train_*  # phase 2
 
+Settings stack: the recipe (`--recipe`, its phase picked by `--init-from`), then `--config`, then
+the command line.
 Bad input (missing or mismatched shards, bad flags) prints one `error: ...` line and exits 2; a
 non-finite loss exits 3 after keeping the last good checkpoint. From Python: `train(cfg)` and
 `evaluate(val_shards, checkpoint)`.
