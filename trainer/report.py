@@ -111,7 +111,7 @@ def _pretrain_predictions(run: RunLog, cfg: ReportConfig, config: dict, notes: l
                      "final figures and predictions left out (pass --val shards/val_*)")
         return sections
     shards = open_shards(paths)
-    ckpt_io.check_data_matches(ck["data"], shard_data(shards), ckpt_path)
+    ckpt_io.check_model_fits(ck, shard_data(shards), ckpt_path)  # shards up to the position table's length
     mcfg = ModelConfig(**ck["model_config"])
     trained = Bert(mcfg)
     trained.load_state_dict(ck["model"])
