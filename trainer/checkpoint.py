@@ -69,9 +69,9 @@ def save(run_dir: Path | str, step: int, payload: dict, keep: int) -> Path:
 
 
 def remove_partial(run_dir: Path | str) -> int:
-    """Delete the temporary files of checkpoints whose writing was killed; returns how many."""
-    d = checkpoint_dir(run_dir)
-    return remove_stale_temps(d) if d.is_dir() else 0
+    """Delete the temporary files that killed writes left in a run directory (a checkpoint,
+    config.json, a rewritten metrics.jsonl); returns how many."""
+    return sum(remove_stale_temps(d) for d in (Path(run_dir), checkpoint_dir(run_dir)) if d.is_dir())
 
 
 def read_torch_file(path: Path | str, advice: str = ""):

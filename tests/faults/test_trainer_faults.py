@@ -172,11 +172,13 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(built, ref
     assert [f.name for f in ckpt_io.list_checkpoints(out)] == ["step_00000004.pt"]
     assert len(partial) == 1 and partial[0].startswith(".step_00000008.pt.") and partial[0].endswith(".tmp"), partial
     assert ckpt_io.load(folder / "step_00000004.pt")["step"] == 4
+    (out / ".config.json.99999.tmp").write_text("{")  # as a kill while config.json was written leaves it
     summary = trainer.train(trainer.parse_config(train_args(built["good"], out, "--max-steps", 24,
                                                             "--ckpt-interval", 4, "--resume")))
     assert summary["first_step"] == 4 and summary["step"] == 24
     assert losses(out) == reference
-    assert not [f for f in folder.iterdir() if f.name.endswith(".tmp")], "the partial checkpoint was left behind"
+    for d in (out, folder):
+        assert not [f for f in d.iterdir() if f.name.endswith(".tmp")], f"temporary files left in {d}"
 
 
 # --- damaged data --------------------------------------------------------------------------------
