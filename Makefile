@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,plot]'
+	$(PY) -m pip install -q -e '.[dev,plot,cluster]'
 	touch $@
 
 test: install browser

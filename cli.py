@@ -46,7 +46,16 @@ def _mb(n: int) -> str:
               help="native: BERT WordPiece in C, the same ids as tokenizers, several times faster (used when the "
               "tokenizer is BERT's pipeline, else tokenizers); tokenizers: HuggingFace tokenizers, the reference.")
 @click.option("--overwrite", is_flag=True, help="Replace a token store of a different run in --out.")
-def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, label, workers, backend, overwrite):
+@click.option("--chunk-mb", type=float, default=64.0, show_default=True,
+              help="Inputs are cut into spans of about this size at document boundaries (a compressed file is one "
+              "span): the unit of work on a --cluster. The output is the same for any value.")
+@click.option("--cluster", metavar="ADDRESS", help="Run the work as tasks on a Dask distributed cluster: a "
+              "scheduler's address (tcp://host:8786), or local:N to start N worker processes here for this command. "
+              "Output is byte-identical to a run without it. Needs pip install 'bertprep[cluster]'.")
+@click.option("--cluster-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
+def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, label, workers, backend, overwrite,
+             chunk_mb, cluster, cluster_timeout):
     """Tokenize CORPUS files into a memory-mappable token store.
 
     Inputs may be plain text, WikiText-103 (.tokens), .jsonl (a 'text' field per line) or .parquet (a
@@ -55,6 +64,7 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
     tokenizer.json, vocab.txt and manifest.json (last) to --out.
 
     Example: bertprep tokenize wiki.train.tokens --out tokens/
+    On a cluster: bertprep tokenize /shared/c4/*.json.gz --vocab vocab.txt --out /shared/tokens --cluster tcp://head:8786
     """
     from bertprep.preprocess.tokenizing import TokenizeConfig, run_tokenize
     from bertprep.preprocess.vocab import VocabConfig
@@ -62,16 +72,18 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
     cfg = TokenizeConfig(
         inputs=tuple(corpus), out=out, fmt=fmt, label=label, workers=workers, backend=backend, overwrite=overwrite,
         vocab=VocabConfig(vocab=vocab, tokenizer=tokenizer_json, vocab_size=vocab_size, lowercase=lowercase),
+        chunk_mb=chunk_mb, cluster=cluster, cluster_timeout=cluster_timeout,
     )
     result = run_tokenize(cfg)
     if result["fallback_reason"]:
         click.echo(f"note: native backend not used, tokenizers instead: {result['fallback_reason']}", err=True)
     m, c = result["manifest"], result["manifest"]["counts"]
     bad = f", {c['invalid_utf8']} invalid UTF-8 sequences replaced" if c["invalid_utf8"] else ""
+    on = f" on {result['cluster']}, {result['chunks']:,} chunks" if result["cluster"] else ""
     click.echo(
         f"tokenized {_mb(c['bytes_read'])}: {c['documents']:,} documents, {c['sentences']:,} sentences, "
         f"{c['tokens']:,} tokens ([UNK] {100 * c['unk_rate']:.2f}%{bad}) in {result['seconds']:.1f}s "
-        f"= {result['tokens_per_s']:,.0f} tokens/s ({result['backend']}); vocab {m['tokenizer']['vocab_size']:,} "
+        f"= {result['tokens_per_s']:,.0f} tokens/s ({result['backend']}{on}); vocab {m['tokenizer']['vocab_size']:,} "
         f"({m['tokenizer']['source']}) -> {out}/ (label '{m['label']}')"
     )
 
@@ -104,27 +116,35 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
 @click.option("--workers", type=int, default=0, show_default=True, help="Worker processes; 0 = all cores. "
               "Output is byte-identical for any value.")
 @click.option("--overwrite", is_flag=True, help="Replace shards of other settings found in --out.")
+@click.option("--cluster", metavar="ADDRESS", help="Run the work as tasks on a Dask distributed cluster: a "
+              "scheduler's address (tcp://host:8786), or local:N to start N worker processes here for this command. "
+              "Output is byte-identical to a run without it. Needs pip install 'bertprep[cluster]'.")
+@click.option("--cluster-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
 def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, max_predictions, whole_word,
-          dupe_factor, split_, split_seed, fmt, examples_per_shard, workers, overwrite):
+          dupe_factor, split_, split_seed, fmt, examples_per_shard, workers, overwrite, cluster, cluster_timeout):
     """Cut a token store into fixed-length, pre-masked MLM (and NSP) examples in shard files.
 
     Writes {split}_{label}_{maxlen}_{seed}_{part}.arrow files for the train, val and test splits
     (documents never cross splits) and {label}_{maxlen}_{seed}.manifest.json last.
 
     Example: bertprep shard --max-len 128 --seed 123
+    On a cluster: bertprep shard --tokens /shared/tokens --out /shared/shards --cluster tcp://head:8786
     """
     from bertprep.preprocess.sharding import ShardConfig, run_shard
 
     cfg = ShardConfig(tokens=tokens, out=out, max_len=max_len, seed=seed, strategy=strategy,
                       short_seq_prob=short_seq_prob, nsp=nsp, mask_prob=mask_prob, max_predictions=max_predictions,
                       whole_word=whole_word, dupe_factor=dupe_factor, split=split_, split_seed=split_seed, fmt=fmt,
-                      examples_per_shard=examples_per_shard, workers=workers, overwrite=overwrite)
+                      examples_per_shard=examples_per_shard, workers=workers, overwrite=overwrite, cluster=cluster,
+                      cluster_timeout=cluster_timeout)
     result = run_shard(cfg)
     m = result["manifest"]
     per_split = ", ".join(f"{k} {v['examples']:,}" for k, v in m["splits"].items())
+    on = f" on {result['cluster']} ({result['chunks']:,} chunks)" if result.get("cluster") else ""
     click.echo(f"sharded: {per_split} examples in {len(m['files'])} files; mask rate {m['mask_rate']:.4f}, "
                f"padding {100 * m['padding_fraction']:.1f}%; {result['seconds']:.1f}s = "
-               f"{result['examples_per_s']:,.0f} examples/s -> {out}/")
+               f"{result['examples_per_s']:,.0f} examples/s{on} -> {out}/")
     for split in m["empty_splits"]:
         click.echo(f"warning: split '{split}' got no examples (too few documents for --split {split_}); "
                    "no file written for it", err=True)

@@ -5,11 +5,15 @@ boundaries depend only on the data. Each (dupe, chunk) task packs and masks its 
 generator seeded by its position (`seeding.rng_for`), so worker processes may run tasks in any
 order; results are written strictly in task order, rolling over to a new part file every
 `--examples-per-shard` examples. Files get final names only when complete; the manifest goes last.
+
+With --cluster the same tasks (`chunk_columns`, seeded by position) run on Dask workers and the
+parts are assembled there too (`sharding_cluster.py`); the manifest is still written here, last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -59,6 +63,8 @@ class ShardConfig:
     workers: int = 0                      # --workers (0 = all cores)
     overwrite: bool = False               # --overwrite
     progress: bool = True
+    cluster: str | None = None            # --cluster: a Dask scheduler's address, or local:N
+    cluster_timeout: float = 10.0         # --cluster-timeout
     fractions: tuple = field(init=False)
 
     def __post_init__(self):
@@ -84,6 +90,12 @@ class ShardConfig:
             raise ConfigError(f"--examples-per-shard must be >= 1, got {self.examples_per_shard}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if not self.cluster_timeout > 0:
+            raise ConfigError(f"--cluster-timeout must be > 0, got {self.cluster_timeout}")
+        if self.cluster is not None:
+            from bertprep.preprocess.cluster import check_address  # imports no Dask
+
+            check_address(self.cluster)
         object.__setattr__(self, "fractions", parse_split(self.split))
 
     @property
@@ -148,9 +160,22 @@ def make_examples(store: TokenStore, docs: np.ndarray, pool: np.ndarray, rng: np
     return columns
 
 
+def chunk_columns(store: TokenStore, docs: np.ndarray, pool: np.ndarray, seed_position: tuple,
+                  settings: dict) -> dict[str, np.ndarray]:
+    """One (split, dupe, chunk) task, the same locally and on a cluster worker: its generator comes
+    from its position (seed, stage, split, chunk, dupe), never from who runs it or when."""
+    return make_examples(store, docs, pool, rng_for(*seed_position), **settings)
+
+
+def chunk_stats(columns: dict[str, np.ndarray], nsp: bool) -> dict[str, int]:
+    lengths = columns["length"].astype(np.int64)
+    return {"examples": len(lengths), "real_tokens": int(lengths.sum()),
+            "candidates": int((lengths - (3 if nsp else 2)).clip(0).sum()), "masked": int(columns["num_masked"].sum())}
+
+
 def _run_task(args) -> dict[str, np.ndarray]:
     docs, pool, seed_position, settings = args
-    return make_examples(_STORE, docs, pool, rng_for(*seed_position), **settings)
+    return chunk_columns(_STORE, docs, pool, seed_position, settings)
 
 
 # ---- the run, in the parent process -----------------------------------------------------------
@@ -207,6 +232,10 @@ def _prepare_out(cfg: ShardConfig, label: str, run: dict) -> None:
     remove_stale_temps(out)
 
 
+def shard_writer_class(fmt: str):
+    return ArrowShardWriter if fmt == "arrow" else MsgpackShardWriter
+
+
 class _PartWriter:
     """Writes one split's examples into numbered part files of at most `per_shard` examples."""
 
@@ -218,8 +247,7 @@ class _PartWriter:
 
     def _open(self):
         name = naming.ShardName(self.split, self.label, self.cfg.max_len, self.cfg.seed, len(self.files), self.cfg.fmt)
-        cls = ArrowShardWriter if self.cfg.fmt == "arrow" else MsgpackShardWriter
-        self._writer = cls(self.cfg.out / name.filename, self.meta)
+        self._writer = shard_writer_class(self.cfg.fmt)(self.cfg.out / name.filename, self.meta)
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
         n, start = len(columns["length"]), 0
@@ -282,9 +310,21 @@ def run_shard(cfg: ShardConfig) -> dict:
         return _run_shard(cfg)
 
 
-def _run_shard(cfg: ShardConfig) -> dict:
-    t0 = time.perf_counter()
-    store = open_token_store(cfg.tokens, verify=True)
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What the driver and every cluster worker derive alike from the token store and the config."""
+
+    store: TokenStore
+    label: str
+    settings: dict          # make_examples' keyword arguments
+    meta: dict              # the shards' metadata, without `split`
+    run: dict               # what identifies the run in the manifest
+    doc_tokens: np.ndarray  # tokens per document
+    splits: dict            # split name -> its documents, ascending
+
+
+def plan_run(cfg: ShardConfig, verify: bool) -> RunPlan:
+    store = open_token_store(cfg.tokens, verify=verify)
     tok_meta = store.manifest["tokenizer"]
     label = store.manifest["label"]
     vocab = (cfg.tokens / "vocab.txt").read_text(encoding="utf-8").split("\n")[:tok_meta["vocab_size"]]
@@ -304,68 +344,88 @@ def _run_shard(cfg: ShardConfig) -> dict:
             "short_seq_prob": cfg.short_seq_prob, "dupe_factor": cfg.dupe_factor,
             "vocab_size": tok_meta["vocab_size"], "id_dtype": schema.id_dtype(tok_meta["vocab_size"]).name,
             "special_ids": sp, "tokenizer_sha256": tok_meta["sha256"], "label": label}
-
     doc_tokens = store.sent_offsets[store.doc_offsets[1:]] - store.sent_offsets[store.doc_offsets[:-1]]
     splits = assign_documents(store.num_documents, cfg.fractions, cfg.split_seed)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    workers = cfg.workers or os.cpu_count() or 1
-    stats = {}
-    files: list[dict] = []
-    empty = []
-    with _lock(cfg.out):
-        _prepare_out(cfg, label, run)
-        from tqdm import tqdm
+    return RunPlan(store, label, settings, meta, run, doc_tokens, splits)
 
-        total_tokens = int(doc_tokens.sum()) * cfg.dupe_factor
-        bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="sharding", leave=False,
-                   disable=not (cfg.progress and sys.stderr.isatty()))
-        try:
-            for split_index, split in enumerate(naming.SPLITS):
-                docs = splits[split]
-                chunks = chunk_documents(docs, doc_tokens, CHUNK_TOKENS)
-                tasks = [(c, docs, (cfg.seed, STAGE_EXAMPLES, split_index, ci, dupe), settings)
-                         for dupe in range(cfg.dupe_factor) for ci, c in enumerate(chunks)]
-                writer = _PartWriter(cfg, split, label, meta)
-                s = {"documents": int(len(docs)), "examples": 0, "tokens": 0, "real_tokens": 0,
-                     "masked": 0, "candidates": 0}
-                try:
-                    for (chunk, *_), columns in zip(tasks, _ordered_results(tasks, workers, cfg.tokens)):
-                        writer.write(columns)
-                        lengths = columns["length"].astype(np.int64)
-                        n_special = 3 if cfg.nsp else 2
-                        s["examples"] += len(lengths)
-                        s["real_tokens"] += int(lengths.sum())
-                        s["candidates"] += int((lengths - n_special).clip(0).sum())
-                        s["masked"] += int(columns["num_masked"].sum())
-                        bar.update(int(doc_tokens[chunk].sum()))
-                    files += writer.close()
-                except BaseException:
-                    writer.discard()
-                    _remove_parts(cfg.out, files + writer.files)
-                    raise
-                s["tokens"] = s["examples"] * cfg.max_len
-                if s["examples"] == 0:
-                    empty.append(split)
-                stats[split] = {
-                    "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
-                    "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
-                    "padding_fraction": round(1 - s["real_tokens"] / max(s["tokens"], 1), 6),
-                }
-        finally:
-            bar.close()
+
+def new_sums(docs: np.ndarray) -> dict:
+    return {"documents": int(len(docs)), "examples": 0, "real_tokens": 0, "masked": 0, "candidates": 0}
+
+
+def _run_shard(cfg: ShardConfig) -> dict:
+    t0 = time.perf_counter()
+    plan = plan_run(cfg, verify=True)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with _lock(cfg.out):
+        _prepare_out(cfg, plan.label, plan.run)
+        if cfg.cluster:
+            from bertprep.preprocess.sharding_cluster import shard_on_cluster
+
+            files, sums, chunks, where = shard_on_cluster(cfg, plan)
+        else:
+            files, sums, chunks = _shard_here(cfg, plan)
+            where = None
+        stats, empty = {}, []
+        for split, s in sums.items():
+            if s["examples"] == 0:
+                empty.append(split)
+            stats[split] = {
+                "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
+                "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
+                "padding_fraction": round(1 - s["real_tokens"] / max(s["examples"] * cfg.max_len, 1), 6),
+            }
         if not files:
             raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
         all_real = sum(v["real_tokens"] for v in stats.values())
         all_examples = sum(v["examples"] for v in stats.values())
         body = {
-            "label": label, "run": run, "meta": meta, "tokens_dir": str(cfg.tokens), "files": files, "splits": stats, "empty_splits": empty,
+            "label": plan.label, "run": plan.run, "meta": plan.meta, "tokens_dir": str(cfg.tokens), "files": files,
+            "splits": stats, "empty_splits": empty,
             "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
             "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
         }
         try:
-            manifest = write_manifest(cfg.out / naming.manifest_name(label, cfg.max_len, cfg.seed), body)
+            manifest = write_manifest(cfg.out / naming.manifest_name(plan.label, cfg.max_len, cfg.seed), body)
         except BaseException:
             _remove_parts(cfg.out, files)
             raise
     seconds = time.perf_counter() - t0
-    return {"manifest": manifest, "seconds": seconds, "examples_per_s": all_examples / seconds}
+    return {"manifest": manifest, "seconds": seconds, "examples_per_s": all_examples / seconds, "chunks": chunks,
+            "cluster": where}
+
+
+def _shard_here(cfg: ShardConfig, plan: RunPlan) -> tuple[list[dict], dict, int]:
+    """Tasks on this machine's worker processes, results written here in task order."""
+    from tqdm import tqdm
+
+    workers = cfg.workers or os.cpu_count() or 1
+    files: list[dict] = []
+    sums: dict[str, dict] = {}
+    n_tasks = 0
+    total_tokens = int(plan.doc_tokens.sum()) * cfg.dupe_factor
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="sharding", leave=False,
+               disable=not (cfg.progress and sys.stderr.isatty()))
+    try:
+        for split_index, split in enumerate(naming.SPLITS):
+            docs = plan.splits[split]
+            chunks = chunk_documents(docs, plan.doc_tokens, CHUNK_TOKENS)
+            tasks = [(c, docs, (cfg.seed, STAGE_EXAMPLES, split_index, ci, dupe), plan.settings)
+                     for dupe in range(cfg.dupe_factor) for ci, c in enumerate(chunks)]
+            n_tasks += len(tasks)
+            writer = _PartWriter(cfg, split, plan.label, plan.meta)
+            s = sums[split] = new_sums(docs)
+            try:
+                for (chunk, *_), columns in zip(tasks, _ordered_results(tasks, workers, cfg.tokens)):
+                    writer.write(columns)
+                    for k, v in chunk_stats(columns, cfg.nsp).items():
+                        s[k] += v
+                    bar.update(int(plan.doc_tokens[chunk].sum()))
+                files += writer.close()
+            except BaseException:
+                writer.discard()
+                _remove_parts(cfg.out, files + writer.files)
+                raise
+    finally:
+        bar.close()
+    return files, sums, n_tasks

@@ -10,12 +10,23 @@ to the store. Memory holds a few batches, never the corpus. Two backends give th
               which also defines what a sentence's ids are)
 The output is a pure function of the inputs and options, never of the backend or worker count, so
 a re-run is byte-identical.
+
+Each input is cut into spans of about --chunk-mb at document boundaries found in its bytes
+(`corpus.plan_spans`), which read exactly as the whole file does. Locally the spans are read one
+after another; with --cluster each span is a task on a Dask worker (`tokenize_chunk`), which
+writes the span's ids to a piece file in --out, and the driver appends the pieces in span order
+with the same `TokenStoreWriter` and writes the manifest last (`preprocess/cluster.py` talks to
+Dask). Both run the same loop (`encode_stream`) on the same spans, so they cannot drift apart.
+Vocab training, when no vocab is given, is one pass over the whole corpus on the driver first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import queue as queue_mod
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,17 +35,20 @@ from typing import Iterator
 
 import numpy as np
 
-from bertprep.preprocess.corpus import DOC_BREAK, FORMATS, ReadStats, check_input, detect_format, read_corpus
+from bertprep.preprocess.corpus import (DOC_BREAK, FORMATS, ReadStats, Span, check_input, detect_format, plan_spans,
+                                        read_corpus)
 from bertprep.preprocess.reference import ReferenceEncoder
 from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, save_tokenizer,
                                        special_ids, train_tokenizer)
 from bertprep.shards import tokenstore
-from bertprep.shards.atomic import environment_errors, remove_stale_temps
+from bertprep.shards.atomic import environment_errors, remove_stale_temps, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
 
 BATCH_CHARS = 1 << 21
 BACKENDS = ("native", "tokenizers")
+APPEND_SENTENCES = 1 << 20  # a piece is appended to the store this many sentences at a time
+Chunk = tuple  # (path, format, span): one span of one input, what a cluster task tokenizes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,10 +62,21 @@ class TokenizeConfig:
     backend: str = "native"           # --backend: native (C, falls back to tokenizers) or tokenizers
     overwrite: bool = False           # --overwrite
     progress: bool = True             # progress bar on a terminal
+    chunk_mb: float = 64.0            # --chunk-mb: span size; the output is the same for any value
+    cluster: str | None = None        # --cluster: a Dask scheduler's address, or local:N
+    cluster_timeout: float = 10.0     # --cluster-timeout: seconds to wait for the scheduler and a worker
 
     def __post_init__(self):
         if not self.inputs:
             raise ConfigError("name at least one corpus file")
+        if not self.chunk_mb > 0:
+            raise ConfigError(f"--chunk-mb must be > 0, got {self.chunk_mb}")
+        if not self.cluster_timeout > 0:
+            raise ConfigError(f"--cluster-timeout must be > 0, got {self.cluster_timeout}")
+        if self.cluster is not None:
+            from bertprep.preprocess.cluster import check_address  # imports no Dask
+
+            check_address(self.cluster)
         if self.fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if self.workers < 0:
@@ -65,17 +90,21 @@ class TokenizeConfig:
     def resolved_label(self) -> str:
         return self.label or default_label(self.inputs[0])
 
+    @property
+    def chunk_bytes(self) -> int:
+        return max(1, int(self.chunk_mb * (1 << 20)))
 
-def iter_paragraph_batches(paths: list[tuple[Path, str]], stats: ReadStats, on_bytes=None,
+
+def iter_paragraph_batches(chunks: list[Chunk], stats: ReadStats, on_bytes=None,
                            size: int = BATCH_CHARS) -> Iterator[tuple[list[str], bytes]]:
-    """All inputs' paragraphs in order, in batches of about `size` characters, each batch with one
-    flag per paragraph: 1 when the paragraph opens a document."""
+    """The paragraphs of all chunks (path, format, span) in order, in batches of about `size`
+    characters, each batch with one flag per paragraph: 1 when the paragraph opens a document."""
     paragraphs: list[str] = []
     opens = bytearray()
     chars = 0
     new_doc = True
-    for path, fmt in paths:
-        for para in read_corpus(path, fmt, stats, on_bytes):
+    for path, fmt, span in chunks:
+        for para in read_corpus(path, fmt, stats, on_bytes, span):
             if para is DOC_BREAK:
                 new_doc = True
                 continue
@@ -90,16 +119,33 @@ def iter_paragraph_batches(paths: list[tuple[Path, str]], stats: ReadStats, on_b
         yield paragraphs, bytes(opens)
 
 
-def make_encoder(tok, backend: str, threads: int):
-    """The encoder for `backend`, and why the native one was not used (None when it was or not asked)."""
+def encoder_choice(tok, backend: str) -> tuple[str, str | None]:
+    """The encoder `backend` gets for `tok`, and why the native one was not used (None when it was
+    or was not asked for)."""
     if backend == "native":
         from bertprep.preprocess import native
 
         why = native.unsupported(tok)
-        if why is None:
-            return native.NativeEncoder(tok, threads), None
-        return ReferenceEncoder(tok), why
-    return ReferenceEncoder(tok), None
+        return ("native", None) if why is None else ("tokenizers", why)
+    return "tokenizers", None
+
+
+def make_encoder(tok, backend: str, threads: int):
+    """The encoder for `backend`, and why the native one was not used (None when it was or not asked)."""
+    name, why = encoder_choice(tok, backend)
+    if name == "native":
+        from bertprep.preprocess import native
+
+        return native.NativeEncoder(tok, threads), None
+    return ReferenceEncoder(tok), why
+
+
+def encode_stream(encoder, chunks: list[Chunk], stats: ReadStats, on_bytes=None) -> Iterator[tuple]:
+    """The tokenizing loop of a whole local run and of one cluster task alike: (ids, tokens per
+    sentence, sentence opens a document) per batch, reading in a thread ahead of the encoder."""
+    batches = (encoder.prepare(*batch) for batch in iter_paragraph_batches(chunks, stats, on_bytes))
+    for prepared in _in_background(batches):
+        yield encoder.encode(prepared)
 
 
 def _in_background(gen: Iterator, depth: int = 3) -> Iterator:
@@ -218,39 +264,149 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
     _prepare_out(cfg, run_key)
     total_bytes = sum(p.stat().st_size for p in cfg.inputs)
 
-    tok, source = _load_or_train(cfg, resolved, total_bytes)
-    specials = special_ids(tok, source)
-    tok_sha = save_tokenizer(tok, cfg.out)
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    with contextlib.ExitStack() as stack:
+        # A cluster is reached and checked first: a wrong address fails in seconds, not after the vocab.
+        session = _open_cluster(cfg, stack) if cfg.cluster else None
+        tok, source = _load_or_train(cfg, resolved, total_bytes)
+        specials = special_ids(tok, source)
+        tok_sha = save_tokenizer(tok, cfg.out)
+        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        chunks = [(p, fmt, span) for p, fmt in resolved for span in plan_spans(p, fmt, cfg.chunk_bytes)]
 
+        writer = tokenstore.TokenStoreWriter(cfg.out, vocab_size)
+        try:
+            if session:
+                counts, backend, fallback_reason = _encode_on_cluster(cfg, session, chunks, tok, tok_sha, vocab_size,
+                                                                      specials, writer)
+            else:
+                counts, backend, fallback_reason = _encode_here(cfg, tok, chunks, specials, writer, total_bytes)
+            if writer.num_tokens == 0:
+                raise InputError(f"{cfg.inputs[0]}: the corpus holds no text to tokenize")
+            manifest = writer.close({
+                "label": cfg.resolved_label,
+                "run": run_key,
+                "tokenizer": {"sha256": tok_sha, "source": source, "vocab_size": vocab_size,
+                              "special_ids": specials, "lowercase": cfg.vocab.lowercase},
+                "counts": counts,
+            })
+        except BaseException:
+            writer.discard()
+            raise
+        where = session.describe() if session else None
+    seconds = time.perf_counter() - t0
+    return {"manifest": manifest, "seconds": seconds, "tokens_per_s": manifest["counts"]["tokens"] / seconds,
+            "backend": backend, "fallback_reason": fallback_reason, "chunks": len(chunks), "cluster": where}
+
+
+def _counts(unk: int, tokens: int, stats: ReadStats) -> dict:
+    return {"unk": unk, "unk_rate": round(unk / max(tokens, 1), 6), "invalid_utf8": stats.invalid_utf8,
+            "lines_cut": stats.lines_cut, "bytes_read": stats.bytes_read}
+
+
+def _encode_here(cfg: TokenizeConfig, tok, chunks: list[Chunk], specials: dict, writer, total_bytes: int):
+    """This process reads the spans in order and encodes on --workers threads."""
     threads = cfg.workers or len(os.sched_getaffinity(0))
     encoder, fallback_reason = make_encoder(tok, cfg.backend, threads)
-    writer = tokenstore.TokenStoreWriter(cfg.out, vocab_size)
     stats = ReadStats()
     unk = 0
     try:
         with _progress(total_bytes, cfg.progress, "tokenizing") as bar:
-            batches = (encoder.prepare(*batch) for batch in iter_paragraph_batches(resolved, stats, bar.update))
-            for prepared in _in_background(batches):
-                ids, lengths, starts = encoder.encode(prepared)
+            for ids, lengths, starts in encode_stream(encoder, chunks, stats, bar.update):
                 unk += int(np.count_nonzero(ids == specials["unk"]))
                 writer.append(ids, lengths, starts)
-        if writer.num_tokens == 0:
-            raise InputError(f"{cfg.inputs[0]}: the corpus holds no text to tokenize")
-        manifest = writer.close({
-            "label": cfg.resolved_label,
-            "run": run_key,
-            "tokenizer": {"sha256": tok_sha, "source": source, "vocab_size": vocab_size, "special_ids": specials,
-                          "lowercase": cfg.vocab.lowercase},
-            "counts": {"unk": unk, "unk_rate": round(unk / max(writer.num_tokens, 1), 6),
-                       "invalid_utf8": stats.invalid_utf8, "lines_cut": stats.lines_cut,
-                       "bytes_read": stats.bytes_read},
-        })
-    except BaseException:
-        writer.discard()
-        raise
     finally:
         encoder.close()
-    seconds = time.perf_counter() - t0
-    return {"manifest": manifest, "seconds": seconds, "tokens_per_s": manifest["counts"]["tokens"] / seconds,
-            "backend": encoder.name, "fallback_reason": fallback_reason}
+    return _counts(unk, writer.num_tokens, stats), encoder.name, fallback_reason
+
+
+# ---- on a cluster: one task per span, run on a Dask worker ------------------------------------
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What every tokenize task of one run shares (small: it travels with each task)."""
+
+    out: str               # absolute --out: holds tokenizer.json, and the pieces the tasks write
+    tokenizer_sha256: str  # the tokenizer.json the driver wrote, which each worker checks it reads
+    backend: str
+    vocab_size: int
+    unk_id: int
+    piece_prefix: str      # names this run's pieces (`cluster.piece_prefix`)
+
+
+_ENCODERS: dict[tuple, object] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _worker_encoder(job: ChunkJob):
+    """One encoder per worker process and run (the native tables take a fraction of a second)."""
+    key = (job.out, job.tokenizer_sha256, job.backend)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            from tokenizers import Tokenizer
+
+            path = Path(job.out) / "tokenizer.json"
+            if sha256_file(path) != job.tokenizer_sha256:
+                raise InputError(f"{path}: this worker reads another tokenizer.json than the driver wrote; "
+                                 "--out must be one directory that every worker shares")
+            for old in _ENCODERS.values():
+                old.close()
+            _ENCODERS.clear()
+            _ENCODERS[key] = make_encoder(Tokenizer.from_file(str(path)), job.backend, 1)[0]
+        return _ENCODERS[key]
+
+
+def tokenize_chunk(job: ChunkJob, task: tuple[int, str, str, Span | None]) -> dict:
+    """A cluster task: tokenize one span into a piece file in --out. Returns the piece's name (new
+    for every attempt, so a retried or duplicated task never writes over another's file) and the
+    span's counts."""
+    index, path, fmt, span = task
+    encoder = _worker_encoder(job)
+    stats = ReadStats()
+    unk = 0
+    name = f"{job.piece_prefix}{index:06d}-{secrets.token_hex(4)}.tmp"
+    with tokenstore.TokenPieceWriter(Path(job.out) / name, job.vocab_size) as piece:
+        for ids, lengths, starts in encode_stream(encoder, [(Path(path), fmt, span)], stats):
+            unk += int(np.count_nonzero(ids == job.unk_id))
+            piece.append(ids, lengths, starts)
+    return {"piece": name, "unk": unk, "tokens": piece.num_tokens, **dataclasses.asdict(stats)}
+
+
+def _append_piece(writer, path: Path) -> None:
+    ids, lengths, starts = tokenstore.read_token_piece(path)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for a in range(0, len(lengths), APPEND_SENTENCES):
+        b = min(a + APPEND_SENTENCES, len(lengths))
+        writer.append(ids[offsets[a]:offsets[b]], lengths[a:b], starts[a:b].astype(bool))
+
+
+def _open_cluster(cfg: TokenizeConfig, stack: contextlib.ExitStack):
+    from bertprep.preprocess import cluster
+
+    out = Path(os.path.abspath(cfg.out))
+    session = stack.enter_context(cluster.open_session(cfg.cluster, cfg.cluster_timeout, out))
+    session.check_workers(files=[Path(os.path.abspath(p)) for p in cfg.inputs], shared_dir=out)
+    return session
+
+
+def _encode_on_cluster(cfg: TokenizeConfig, session, chunks: list[Chunk], tok, tok_sha: str, vocab_size: int,
+                       specials: dict, writer):
+    """Each span a task on the cluster; the pieces are appended here in span order."""
+    from bertprep.preprocess import cluster
+
+    backend, fallback_reason = encoder_choice(tok, cfg.backend)
+    out = Path(os.path.abspath(cfg.out))
+    job = ChunkJob(out=str(out), tokenizer_sha256=tok_sha, backend=cfg.backend, vocab_size=vocab_size,
+                   unk_id=specials["unk"], piece_prefix=session.piece_prefix)
+    tasks = [(i, os.path.abspath(p), fmt, span) for i, (p, fmt, span) in enumerate(chunks)]
+    stats = ReadStats()
+    unk = 0
+    with cluster.Progress("tokenizing", len(tasks), "B", cfg.progress) as progress:
+        for r in session.ordered(tokenize_chunk, job, tasks, "tokenize"):
+            piece = out / r["piece"]
+            _append_piece(writer, piece)
+            piece.unlink()
+            unk += r["unk"]
+            for k in ("bytes_read", "invalid_utf8", "lines_cut"):
+                setattr(stats, k, getattr(stats, k) + r[k])
+            progress.chunk_done(r["bytes_read"])
+    return _counts(unk, writer.num_tokens, stats), backend, fallback_reason

@@ -27,3 +27,8 @@ class ChecksumError(ShardFormatError):
 
 class OutputError(BertprepError):
     """The output cannot be written: a full disk, a read-only or forbidden output directory."""
+
+
+class ClusterError(BertprepError):
+    """The cluster named by --cluster cannot do the work: no scheduler answers, it has no workers, a
+    worker cannot see the input or output paths, or runs other versions, or tasks keep killing workers."""

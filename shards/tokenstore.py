@@ -8,11 +8,17 @@ A token store is a directory (default `tokens/`) holding
   tokenizer.json  the tokenizer that made the ids (HuggingFace `tokenizers` format), vocab.txt beside it
   manifest.json   format, version, inputs, options, counts and a sha256 per data file; written last
 Empty sentences and documents are never stored, so every document has >= 1 sentence of >= 1 token.
+
+A token piece (`TokenPieceWriter`, `read_token_piece`) is one span of the corpus tokenized by a
+cluster worker: the encoder's output as it is, before the store's writer drops empty sentences, so
+that appending the pieces in order gives the same store as appending the batches of a local run.
+Pieces live under hidden temporary names in the output directory and are removed once appended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,10 @@ DATA_FILES = ("ids.bin", "sentences.bin", "documents.bin")
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 OFFSET_DTYPE = np.dtype("<i8")
+PIECE_MAGIC = b"BPTPIECE"
+PIECE_VERSION = 1
+# magic, then uint32 version, uint32 id itemsize (2 or 4), int64 tokens, int64 sentences
+PIECE_HEADER = np.dtype([("version", "<u4"), ("itemsize", "<u4"), ("tokens", "<i8"), ("sentences", "<i8")])
 
 
 class TokenStoreWriter:
@@ -197,3 +207,79 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
     if len(sents) and (sents[-1] != len(ids) or (len(docs) and docs[-1] != len(sents) - 1)):
         raise ShardFormatError(f"{directory}: offsets do not end at the data's end; re-run bertprep tokenize")
     return TokenStore(directory, manifest, ids, sents, docs)
+
+
+class TokenPieceWriter:
+    """One span's tokenizing, as the encoder gave it: a header (PIECE_MAGIC, then PIECE_HEADER),
+    the ids in the store's id type (zero-padded to a multiple of 8 bytes), tokens per sentence
+    (int64) and whether each sentence opens a document (uint8). Ids stream to disk; the per-sentence arrays (9 bytes a sentence) are held
+    until `close()`, which publishes the piece under `path` (a temporary name itself)."""
+
+    def __init__(self, path: Path, vocab_size: int):
+        self.path = Path(path)
+        self.dtype = id_dtype(vocab_size).newbyteorder("<")
+        self.num_tokens = 0
+        self._lengths: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+        self._tmp = temp_name(self.path)
+        self._f = open(self._tmp, "wb")
+        self._f.write(PIECE_MAGIC + bytes(PIECE_HEADER.itemsize))
+
+    def __enter__(self) -> "TokenPieceWriter":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+    def append(self, ids: np.ndarray, sentence_lengths: np.ndarray, starts_document: np.ndarray) -> None:
+        self._f.write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
+        self.num_tokens += len(ids)
+        self._lengths.append(np.asarray(sentence_lengths, dtype=OFFSET_DTYPE))
+        self._starts.append(np.asarray(starts_document, dtype=np.uint8))
+
+    def close(self) -> None:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, OFFSET_DTYPE)
+        starts = np.concatenate(self._starts) if self._starts else np.zeros(0, np.uint8)
+        self._f.write(bytes(-self.num_tokens * self.dtype.itemsize % 8))  # lengths start 8-aligned
+        self._f.write(lengths.tobytes())
+        self._f.write(starts.tobytes())
+        header = np.array([(PIECE_VERSION, self.dtype.itemsize, self.num_tokens, len(lengths))], PIECE_HEADER)
+        self._f.seek(len(PIECE_MAGIC))
+        self._f.write(header.tobytes())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        publish(self._tmp, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def read_token_piece(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, tokens per sentence, sentence opens a document) of a piece, memory-mapped."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(len(PIECE_MAGIC) + PIECE_HEADER.itemsize)
+    if len(head) < len(PIECE_MAGIC) + PIECE_HEADER.itemsize or not head.startswith(PIECE_MAGIC):
+        raise ShardFormatError(f"{path}: not a bertprep token piece")
+    h = np.frombuffer(head[len(PIECE_MAGIC):], PIECE_HEADER)[0]
+    n_tok, n_sent, itemsize = int(h["tokens"]), int(h["sentences"]), int(h["itemsize"])
+    if h["version"] != PIECE_VERSION or itemsize not in (2, 4) or n_tok < 0 or n_sent < 0:
+        raise ShardFormatError(f"{path}: token piece of another version or layout")
+    body = len(head)
+    at = body + n_tok * itemsize + (-n_tok * itemsize % 8)
+    if size != at + n_sent * 9:
+        raise ShardFormatError(f"{path}: token piece of {size} bytes, its header says otherwise")
+    if size == body:
+        return np.zeros(0, f"<u{itemsize}"), np.zeros(0, OFFSET_DTYPE), np.zeros(0, np.uint8)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    ids = data[body:body + n_tok * itemsize].view(f"<u{itemsize}")
+    lengths = data[at:at + n_sent * 8].view(OFFSET_DTYPE)
+    starts = data[at + n_sent * 8:at + n_sent * 9]
+    return ids, lengths, starts
