@@ -201,7 +201,8 @@ def test_pre_ln_trains_at_3e_4_without_warm_up(lengths, tmp_path):
     out = tmp_path / "run"
     cfg = parse_config(["--recipe", "pre-ln", "--shards", *files(lengths[128]), "--model", "tiny", "--hidden", "64",
                         "--heads", "2", "--ffn", "256", "--dropout", "0", "--max-steps", "60", "--batch-size", "16",
-                        "--log-interval", "10", "--val-interval", "0", "--out", str(out), "--quiet", "--no-tensorboard"])
+                        "--log-interval", "10", "--val-interval", "0", "--out", str(out), "--quiet",
+                        "--no-tensorboard"])
     assert (cfg.norm, cfg.lr, cfg.warmup_steps, cfg.decay, cfg.recipe) == ("pre", 3e-4, 0, "linear", "pre-ln")
     train(cfg)
     curve = {r["step"]: r for r in records(out) if "loss" in r}

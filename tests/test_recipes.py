@@ -31,7 +31,8 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert base.train == {"model": "base", "dropout": 0.1, "norm": "post", "max_position": 512, "batch_size": 256,
                           "lr": 1e-4, "min_lr": 0.0, "warmup_steps": 10000, "decay": "linear", "weight_decay": 0.01,
                           "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "clip": 1.0}
-    assert [(p.max_len, p.max_predictions, p.max_steps) for p in base.phases] == [(128, 20, 900_000), (512, 80, 1_000_000)]
+    assert [(p.max_len, p.max_predictions, p.max_steps) for p in base.phases] == [(128, 20, 900_000),
+                                                                                  (512, 80, 1_000_000)]
     assert base.data == {"vocab-size": 30522, "lowercase": True, "nsp": True, "mask-prob": 0.15}
     pre = load_recipe("pre-ln")
     assert pre.train == base.train | {"norm": "pre", "lr": 3e-4, "warmup_steps": 0}
@@ -99,12 +100,14 @@ def test_bertprep_recipe_prints_every_step_sized_for_the_corpus(tmp_path, capsys
         "Train phase 2"]
     commands = [c for _, c in steps]
     assert commands[0] == f"bertprep tokenize {corpus} --out {tmp_path / 'tokens'} --vocab-size 30522"
-    assert "--max-len 128 --max-predictions 20 --nsp" in commands[1] and "--max-len 512 --max-predictions 80" in commands[2]
+    assert "--max-len 128 --max-predictions 20 --nsp" in commands[1]
+    assert "--max-len 512 --max-predictions 80 --nsp" in commands[2]
     assert all("--split-seed 0" in c for c in commands[1:3])  # one split of documents for both lengths
     assert commands[3] == ("torchrun --nproc-per-node 8 trainer/run.py --recipe bert-base --shards shards-128/train_* "
                            "--out runs/bert-base-128 --batch-size 32")
-    assert commands[4] == ("torchrun --nproc-per-node 8 trainer/run.py --recipe bert-base --init-from runs/bert-base-128 "
-                           "--shards shards-512/train_* --out runs/bert-base-512 --batch-size 32")
+    assert commands[4] == ("torchrun --nproc-per-node 8 trainer/run.py --recipe bert-base "
+                           "--init-from runs/bert-base-128 --shards shards-512/train_* --out runs/bert-base-512 "
+                           "--batch-size 32")
     assert run_cli(["recipe"]) == 0 and "pre-ln" in capsys.readouterr().out  # the list
     assert run_cli(["recipe", "bert-base"]) == 2 and "name the corpus" in capsys.readouterr().err
     # The command line never imports torch, even for this command.
@@ -130,7 +133,8 @@ def test_recipe_commands_run_as_printed(tmp_path, monkeypatch, capsys):
     ck = ckpt_io.load(ckpt_io.newest(run))
     assert ck["step"] == 20 and ck["phase"]["index"] == 2 and ck["phase"]["start_step"] == 18
     assert ck["data"]["max_len"] == 512 and ck["data"]["nsp"]
-    assert {k: ck["model_config"][k] for k in ("layers", "hidden", "max_len")} == {"layers": 2, "hidden": 128, "max_len": 512}
+    shape = {k: ck["model_config"][k] for k in ("layers", "hidden", "max_len")}
+    assert shape == {"layers": 2, "hidden": 128, "max_len": 512}
     written = json.loads((run / "config.json").read_text())["train"]
     assert written["recipe"] == "bert-tiny" and written["lr"] == 1e-4 and written["eps"] == 1e-6
     steps_logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()

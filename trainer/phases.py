@@ -57,7 +57,8 @@ class Start:
 def phase_record(index: int, max_len: int, start_step: int, schedule_start: int, source: str | None = None) -> dict:
     """What a checkpoint and config.json keep about the phase: `schedule_start` is the step at which
     the learning-rate schedule began (the phase's first step, or an earlier one with --keep-optimizer)."""
-    rec = {"index": index, "name": f"phase{index}-{max_len}", "start_step": start_step, "schedule_start": schedule_start}
+    rec = {"index": index, "name": f"phase{index}-{max_len}", "start_step": start_step,
+           "schedule_start": schedule_start}
     return rec | ({"init_from": source} if source else {})
 
 
@@ -92,22 +93,25 @@ def check_resume(ck: dict, data: dict, shards: list, path: Path) -> None:
     (label, length, seed) as the checkpoint's, else a message that names --init-from."""
     ckpt_io.check_data_matches(ck["data"], data, path, advice=RESUME_ADVICE)
     if ck["data"].get("tokenizer_sha256") != data.get("tokenizer_sha256"):
-        raise ShardFormatError(f"{path}: the checkpoint was trained on shards of another tokenizer (sha256 "
-                               f"{str(ck['data'].get('tokenizer_sha256'))[:12]}…, these {str(data.get('tokenizer_sha256'))[:12]}…); "
-                               f"{RESUME_ADVICE}")
+        was, now = str(ck["data"].get("tokenizer_sha256"))[:12], str(data.get("tokenizer_sha256"))[:12]
+        raise ShardFormatError(f"{path}: the checkpoint was trained on shards of another tokenizer (sha256 {was}…, "
+                               f"these {now}…); {RESUME_ADVICE}")
     before = _shard_sets((ck.get("loader") or {}).get("files") or [])
     now = _shard_sets(Path(s.path).name for s in shards)
     if before and now and before != now:
-        show = lambda s: ", ".join(f"{lb} length {n} seed {sd}" for lb, n, sd in sorted(s))  # noqa: E731
-        raise ShardFormatError(f"{path}: the checkpoint was trained on the shards of {show(before)}, these are "
-                               f"{show(now)}; {RESUME_ADVICE}")
+        raise ShardFormatError(f"{path}: the checkpoint was trained on the shards of {_describe(before)}, these are "
+                               f"{_describe(now)}; {RESUME_ADVICE}")
+
+
+def _describe(runs: set) -> str:
+    return ", ".join(f"{label} length {n} seed {seed}" for label, n, seed in sorted(runs))
 
 
 def _check_positions(mcfg: ModelConfig, data: dict, where: str) -> None:
     if data["max_len"] > mcfg.max_len:
-        raise ConfigError(f"{where}: the model has {mcfg.max_len} positions but these shards hold {data['max_len']}-token "
-                          f"examples; a model meant to grow to longer shards needs --max-position (default "
-                          f"{DEFAULT_POSITIONS}) of at least that length from its first phase")
+        raise ConfigError(f"{where}: the model has {mcfg.max_len} positions but these shards hold "
+                          f"{data['max_len']}-token examples; a model meant to grow to longer shards needs "
+                          f"--max-position (default {DEFAULT_POSITIONS}) of at least that length from its first phase")
 
 
 def _normalized(tokenizer_json: Path) -> dict:
@@ -157,9 +161,9 @@ def _from_run(cfg: TrainConfig, data: dict) -> Start:
         raise ShardFormatError(f"{where}: {path} is not a pretraining checkpoint")
     for key in ("vocab_size", "special_ids", "tokenizer_sha256"):
         if ck["data"].get(key) != data.get(key):
-            raise ConfigError(f"{where}: that run was trained with {key}={_short(ck['data'].get(key))} but these shards "
-                              f"have {key}={_short(data.get(key))}; a new phase needs shards of the same token store "
-                              f"(bertprep shard --tokens ... at another --max-len)")
+            raise ConfigError(f"{where}: that run was trained with {key}={_short(ck['data'].get(key))} but these "
+                              f"shards have {key}={_short(data.get(key))}; a new phase needs shards of the same "
+                              f"token store (bertprep shard --tokens ... at another --max-len)")
     mcfg = ModelConfig(**ck["model_config"])
     _check_positions(mcfg, data, where)
     step = int(ck["step"])
@@ -188,7 +192,8 @@ def _from_hf(cfg: TrainConfig, data: dict) -> Start:
 
     pre = load_pretrained(hf_dir=cfg.init_from_hf)
     where = f"--init-from-hf {cfg.init_from_hf}"
-    fix = f"tokenize the corpus with the model's own tokenizer (bertprep tokenize --tokenizer {cfg.init_from_hf}/tokenizer.json)"
+    fix = ("tokenize the corpus with the model's own tokenizer "
+           f"(bertprep tokenize --tokenizer {cfg.init_from_hf}/tokenizer.json)")
     for key in ("vocab_size", "special_ids"):
         if pre.data[key] != data[key]:
             raise ConfigError(f"{where}: the model has {key}={_short(pre.data[key])} but the shards have "
@@ -196,12 +201,14 @@ def _from_hf(cfg: TrainConfig, data: dict) -> Start:
     if pre.data["tokenizer_sha256"] != data["tokenizer_sha256"]:
         ours = shard_tokenizer(cfg.shards, data["tokenizer_sha256"])
         if ours is None:
+            theirs, mine = pre.data["tokenizer_sha256"][:12], data["tokenizer_sha256"][:12]
             raise ConfigError(f"{where}: the model's tokenizer is not the file the shards were made with (sha256 "
-                              f"{pre.data['tokenizer_sha256'][:12]}… vs {data['tokenizer_sha256'][:12]}…) and the shards' "
-                              f"token store was not found to compare vocabularies; {fix}")
+                              f"{theirs}… vs {mine}…) and the shards' token store was not found to compare "
+                              f"vocabularies; {fix}")
         diff = tokenizer_difference(ours, pre.tokenizer)
         if diff:
-            raise ConfigError(f"{where}: the model's tokenizer differs from the one the shards were made with ({diff}); {fix}")
+            raise ConfigError(f"{where}: the model's tokenizer differs from the one the shards were made with "
+                              f"({diff}); {fix}")
         notes = (f"the model's tokenizer is not byte for byte the shards' ({ours}), but its vocabulary and "
                  f"normalization are the same",)
     else:
@@ -239,7 +246,8 @@ def load_weights(model, start: Start) -> list[str]:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
-        raise ShardFormatError(f"{start.source}: weights do not fit the model ({str(e).strip().splitlines()[-1][:200]})") from None
+        why = str(e).strip().splitlines()[-1][:200]
+        raise ShardFormatError(f"{start.source}: weights do not fit the model ({why})") from None
     bad = [k for k in result.missing_keys if not k.startswith(("mlm.", "nsp."))] + list(result.unexpected_keys)
     if bad:
         raise ShardFormatError(f"{start.source}: weights do not fit the model ({', '.join(bad[:3])} ...)")
@@ -312,5 +320,6 @@ def keep_run_tokenizer(cfg: TrainConfig, data: dict, run_dir: Path, start: Start
     kept = run_dir / "tokenizer.json"
     if kept.is_file() and sha256_file(kept) == sha:
         return None
-    return (f"note: the shards' tokenizer (sha256 {str(sha)[:12]}…) was not found through their manifest's tokens_dir; "
-            f"{run_dir} keeps no tokenizer.json, so predict/export/finetune will look for it through the shards")
+    return (f"note: the shards' tokenizer (sha256 {str(sha)[:12]}…) was not found through their manifest's "
+            f"tokens_dir; {run_dir} keeps no tokenizer.json, so predict/export/finetune will look for it through "
+            f"the shards")

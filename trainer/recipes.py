@@ -112,7 +112,8 @@ def load_recipe(name: str) -> Recipe:
     if not phases:
         raise ConfigError(f"{path}: a recipe needs at least one [[phase]]")
     return Recipe(name=path.stem, description=str(raw.get("description", "")), reference=str(raw.get("reference", "")),
-                  source=path, data=dict(raw.get("data", {})), train=_train_settings(raw.get("train", {}), f"{path}: [train]"),
+                  source=path, data=dict(raw.get("data", {})),
+                  train=_train_settings(raw.get("train", {}), f"{path}: [train]"),
                   phases=tuple(phases))
 
 
@@ -162,7 +163,8 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
         if ends[i] <= ends[i - 1]:
             raise ConfigError(f"--steps {steps} is too few for {len(ends)} phases")
     n_tokens = tokens if tokens is not None else int(corpus_bytes * TOKENS_PER_BYTE)
-    how = "counted by tokenize" if tokens_exact else f"estimated from {corpus_bytes / 1e6:,.1f} MB at ~{TOKENS_PER_BYTE} tokens/byte"
+    how = ("counted by tokenize" if tokens_exact
+           else f"estimated from {corpus_bytes / 1e6:,.1f} MB at ~{TOKENS_PER_BYTE} tokens/byte")
     lines.append(f"recipe {name}: {recipe.description}")
     if recipe.reference:
         lines.append(f"  after {recipe.reference}")
@@ -207,8 +209,8 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
                          f"--steps {fit:,} sizes the schedule to ~{PAPER_EPOCHS} epochs of this corpus")
         start = end
     launcher = "python trainer/run.py" if gpus == 1 else f"torchrun --nproc-per-node {gpus} trainer/run.py"
-    lines.append(f"batch: {global_batch} examples per step = {per_gpu} per GPU x {gpus} GPU(s); if {per_gpu} do not fit "
-                 f"in a GPU's memory, add --batch-size {max(1, per_gpu // 2)} --grad-accum 2 to the train commands")
+    lines.append(f"batch: {global_batch} examples per step = {per_gpu} per GPU x {gpus} GPU(s); if {per_gpu} do not "
+                 f"fit in a GPU's memory, add --batch-size {max(1, per_gpu // 2)} --grad-accum 2 to the train commands")
     previous = None
     for i, (p, begin, end, shard_dir) in enumerate(runs, 1):
         out = f"runs/{prefix}{name}-{p.max_len}"
