@@ -141,12 +141,11 @@ FILL = 0.8              # share of real tokens in a segment-packed example (READ
 class Step:
     title: str
     command: str
-    note: str = ""
 
 
 def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact: bool, corpus_bytes: int,
          gpus: int = 1, steps: int | None = None, batch: int | None = None, vocab_size: int | None = None,
-         tokens_dir: str = "tokens", prefix: str = "") -> tuple[list[str], list[Step]]:
+         tokens_dir: str = "tokens") -> tuple[list[str], list[Step]]:
     """(summary lines, steps with their exact commands) for pretraining on `corpus` with `recipe`:
     tokenize, shard at each phase's length (one --split-seed, so every phase keeps the same
     validation documents), then train each phase from the one before. `steps` rescales the
@@ -184,7 +183,7 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
         seen = (end - start) * global_batch
         epochs = seen / examples
         dupe = min(10, max(1, round(epochs)))  # google-research/bert: dupe_factor 10, masks drawn once per copy
-        shard_dir = f"{prefix}shards-{p.max_len}"
+        shard_dir = f"shards-{p.max_len}"
         cmd = f"bertprep shard --tokens {tokens_dir} --out {shard_dir} --max-len {p.max_len}"
         if p.max_predictions:
             cmd += f" --max-predictions {p.max_predictions}"
@@ -211,12 +210,12 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
     launcher = "python trainer/run.py" if gpus == 1 else f"torchrun --nproc-per-node {gpus} trainer/run.py"
     lines.append(f"batch: {global_batch} examples per step = {per_gpu} per GPU x {gpus} GPU(s); if {per_gpu} do not "
                  f"fit in a GPU's memory, add --batch-size {max(1, per_gpu // 2)} --grad-accum 2 to the train commands")
+    spec = name if recipe.source.parent == RECIPE_DIR else str(recipe.source)  # what --recipe must be given
     previous = None
     for i, (p, begin, end, shard_dir) in enumerate(runs, 1):
-        out = f"runs/{prefix}{name}-{p.max_len}"
-        cmd = f"{launcher} --recipe {name} --shards {shard_dir}/train_* --out {out}"
-        if previous:
-            cmd = f"{launcher} --recipe {name} --init-from {previous} --shards {shard_dir}/train_* --out {out}"
+        out = f"runs/{name}-{p.max_len}"
+        start_from = f" --init-from {previous}" if previous else ""
+        cmd = f"{launcher} --recipe {spec}{start_from} --shards {shard_dir}/train_* --out {out}"
         settings = recipe.settings(i)
         if per_gpu != settings.get("batch_size"):
             cmd += f" --batch-size {per_gpu}"
