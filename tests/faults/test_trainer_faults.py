@@ -5,8 +5,10 @@ final name and the next run removes it. Damaged data (a flipped byte in a traini
 shard, a truncated shard, a shard of another vocab or length, a manifest that does not list a file
 or lists a missing one, an id outside the vocab in a shard without a manifest) and a checkpoint
 cut short are refused with one line naming the file and the problem, before a single step is
-trained; by `predict`, `export` and `finetune` too where they read the checkpoint. A pickle
-checkpoint carrying a payload is refused everywhere a checkpoint is read, and the payload never runs."""
+trained (`--no-verify-shards` skips the data check); a checkpoint by `--resume`, `--init-from`,
+`predict`, `export` and `finetune` alike. A pickle checkpoint carrying a payload (and a HuggingFace
+pytorch_model.bin carrying one, through `--init-from-hf`) is refused everywhere a checkpoint is
+read, and the payload never runs."""
 
 from __future__ import annotations
 
