@@ -22,12 +22,6 @@ VAL_EVERY_MIN = 0.02       # marks at 1.2 s and 2.4 s of training time, then the
 VAL_PAUSE_S = 0.4          # each validation is slowed by this much: it must not count as training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

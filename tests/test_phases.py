@@ -37,12 +37,6 @@ from conftest import run_cli
 SHAPE = {"model": "tiny", "layers": 2, "hidden": 64, "heads": 2, "ffn": 256, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,6 @@ from bertprep.trainer.stream import FeistelPermutation, ShardStream, StreamConfi
 from bertprep.trainer.synthetic import write_synthetic_shards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow tiny steps
-    down many times over; the tests measure behaviour, not speed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class FakeShard:

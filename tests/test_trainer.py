@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"model": "tiny", "layers": 2, "hidden": 32, "heads": 2, "ffn": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow tiny steps
-    down many times over; the tests measure behaviour, not speed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
