@@ -188,3 +188,26 @@ def test_hf_bert_computes_the_same_logits(nsp):
     if nsp:
         torch.testing.assert_close(nsp_logits, out.seq_relationship_logits, atol=1e-4, rtol=1e-4)
     assert hf.from_hf(theirs.state_dict()).keys() == ours.state_dict().keys()
+
+
+def test_cpu_bf16_attention_is_sdpas_maths():
+    """On CPU in bf16 attention runs as `attention_math` (faster there than the flash kernel): the
+    same numbers as scaled_dot_product_attention, with a padding mask and without one, and a bf16
+    model's logits equal the float32 model's to bf16 precision, padded batch or not."""
+    import torch.nn.functional as F
+
+    from bertprep.trainer.model import attention_math
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8, generator=g) for _ in range(3))
+    mask = (torch.arange(5)[None] < torch.tensor([5, 3, 1])[:, None])[:, None, None, :]
+    for m in (mask, None):
+        torch.testing.assert_close(attention_math(q, k, v, m, 0.0), F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    model = Bert(tiny(dropout=0.0)).eval()
+    for b in (batch(), batch() | {"length": torch.full((3,), T)}):
+        with torch.no_grad():
+            ref, _ = run(model, b)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low, _ = run(model, b)
+        assert low.dtype == torch.bfloat16
+        assert (low.float() - ref).abs().max() < 0.03 * ref.abs().max()

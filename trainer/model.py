@@ -9,7 +9,10 @@ Differences from a textbook BERT that matter for speed, none for the maths:
   computes its queries, attention output and feed-forward only at [CLS] and those P positions
   (keys and values still come from all T), since no head reads the others;
 - the padding mask goes to `scaled_dot_product_attention` as a boolean (B, 1, 1, T) mask built on
-  the device from the example lengths, so no float mask is ever copied from the host.
+  the device from the example lengths, so no float mask is ever copied from the host (and on CPU
+  none at all when a batch has no padding);
+- on CPU in bf16, attention is plain matmuls and a float32 softmax (`attention_math`): there the
+  fused flash kernel is slower at BERT's lengths (bench/README.md, Quality).
 
 Every weight has exactly one HuggingFace `BertForPreTraining` / `BertForMaskedLM` counterpart of
 the same shape (`trainer/hf.py` holds the rename table); q, k and v stay separate for that reason.
@@ -63,9 +66,26 @@ class SelfAttention(nn.Module):
         k = self.k(x).view(B, T, H, D).transpose(1, 2)                             # (B, H, T, D)
         v = self.v(x).view(B, T, H, D).transpose(1, 2)                             # (B, H, T, D)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)   # (B, H, Q, D)
+        if x.device.type == "cpu" and q.dtype == torch.bfloat16:
+            y = attention_math(q, k, v, mask, p)                                   # (B, H, Q, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, Q, D)
         y = y.transpose(1, 2).reshape(B, Q, C)                                     # (B, Q, C)
         return self.drop(self.proj(y))
+
+
+def attention_math(q, k, v, mask, dropout_p: float):
+    """softmax(q k^T / sqrt(D)) v, the softmax in float32: what `scaled_dot_product_attention`
+    computes, but on CPU in bf16 about 2x faster than its flash kernel at BERT's lengths (T = 128,
+    D = 64: 10 against 23 ms for forward + backward of a 32 x 2-head batch on one core), where AMX
+    matmuls are cheap and the kernel's blocking is not."""
+    s = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5                             # (B, H, Q, T)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    a = torch.softmax(s.float(), dim=-1).to(v.dtype)
+    if dropout_p:
+        a = F.dropout(a, dropout_p)
+    return a @ v                                                                   # (B, H, Q, D)
 
 
 class FeedForward(nn.Module):
@@ -164,6 +184,8 @@ class Bert(nn.Module):
         T = input_ids.size(1)
         keep = torch.arange(T, device=input_ids.device)[None, :] < lengths[:, None]  # (B, T)
         mask = keep[:, None, None, :]                                                # (B, 1, 1, T)
+        if input_ids.device.type == "cpu" and bool(keep.all()):  # no padding (`split` packing): nothing
+            mask = None                                          # to mask (a sync, so on CPU only)
         x = self.embed(input_ids, token_type_ids)                                    # (B, T, C)
         for i, block in enumerate(self.layers):
             x = block(x, mask, rows if i == len(self.layers) - 1 else None)
