@@ -1,7 +1,8 @@
 """`--max-time MINUTES`: a run stops when its training time (validation and checkpoint pauses left
 out) reaches the budget, with a final validation and a loadable checkpoint; `--val-minutes`
 validates at marks of that same clock; the clock is carried through a checkpoint, so a resumed run
-whose budget is spent does nothing; bad values are one line and exit 2."""
+whose budget is spent does nothing; `--schedule time` decays the learning rate over that budget so
+the run ends annealed whatever its speed; bad values are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import loop
+from bertprep.trainer.optim import budget_lr_factor
 from bertprep.trainer.run import evaluate, main
 from bertprep.trainer.synthetic import write_synthetic_shards
 
@@ -98,3 +100,37 @@ def test_bad_budget_is_one_line_and_exit_2(shards, tmp_path, capsys, flag, value
     assert main(args(shards, tmp_path / "run", flag, value)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {flag}") and "\n" not in err
+
+
+def test_budget_schedule_warms_up_in_steps_then_follows_the_clock_to_its_floor():
+    kw = dict(warmup=10, decay="linear", min_ratio=0.1)
+    assert [budget_lr_factor(s, 0.0, **kw) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    # after warm-up the rate is set by the share of the budget used, not by the step count
+    assert budget_lr_factor(50, 0.5, **kw) == budget_lr_factor(5000, 0.5, **kw) == pytest.approx(0.55)
+    assert budget_lr_factor(50, 1.0, **kw) == budget_lr_factor(50, 3.0, **kw) == pytest.approx(0.1)
+    # a budget that runs out during warm-up is not overshot by the ramp
+    assert budget_lr_factor(5, 0.9, **kw) == pytest.approx(0.19)
+    cos = [budget_lr_factor(100, f, warmup=10, decay="cosine", min_ratio=0.0) for f in (0.0, 0.5, 1.0)]
+    assert cos == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+
+
+def test_schedule_time_ends_the_run_annealed_where_a_step_schedule_would_not(shards, tmp_path):
+    """A time budget with the step horizon left at its default: the step schedule never leaves its
+    peak rate; --schedule time reaches the floor as the budget runs out."""
+    lrs = {}
+    for schedule in ("steps", "time"):
+        run = tmp_path / schedule
+        assert main(args(shards, run, "--max-time", "0.03", "--schedule", schedule, "--log-interval", "5")) == 0
+        recs = [r for r in records(run) if "lr" in r]
+        assert records(run)[-1]["stopped"] == "max_time"
+        lrs[schedule] = [r["lr"] for r in recs]
+    assert lrs["steps"][-1] == pytest.approx(1e-3, rel=0.01)  # decaying over 1,000,000 steps
+    after_warmup = lrs["time"][1:]
+    assert len(after_warmup) >= 5 and after_warmup == sorted(after_warmup, reverse=True)
+    assert lrs["time"][-1] < 0.05 * 1e-3  # the last window trained at < 5% of the peak
+
+
+def test_schedule_time_needs_a_budget(shards, tmp_path, capsys):
+    assert main(args(shards, tmp_path / "run", "--schedule", "time")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --schedule time decays the learning rate over the --max-time budget; give --max-time"

@@ -23,6 +23,7 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 NORMS = ("post", "pre")
 DECAYS = ("linear", "cosine")
+SCHEDULES = ("steps", "time")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -101,6 +102,7 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_steps: int = 10_000
     decay: str = "linear"
+    schedule: str = "steps"                  # --schedule: the decay ends at --max-steps, or (time) at --max-time
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
@@ -159,7 +161,10 @@ class TrainConfig:
             raise ConfigError("give --init-from (a bertprep run) or --init-from-hf (a HuggingFace directory), not both")
         if self.keep_optimizer and not self.init_from:
             raise ConfigError("--keep-optimizer carries the optimizer of --init-from RUN; give --init-from")
-        for name, value, allowed in (("decay", self.decay, DECAYS), ("norm", self.norm, NORMS),
+        if self.schedule == "time" and not self.max_time:
+            raise ConfigError("--schedule time decays the learning rate over the --max-time budget; give --max-time")
+        for name, value, allowed in (("decay", self.decay, DECAYS), ("schedule", self.schedule, SCHEDULES),
+                                     ("norm", self.norm, NORMS),
                                      ("precision", self.precision, PRECISIONS), ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")

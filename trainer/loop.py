@@ -33,7 +33,7 @@ from bertprep.trainer.config import ModelConfig, TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
 from bertprep.trainer.model import Bert, pretraining_loss
-from bertprep.trainer.optim import build_optimizer, build_scheduler
+from bertprep.trainer.optim import BudgetProgress, build_optimizer, build_scheduler
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
@@ -130,7 +130,8 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     if cfg.compile:
         model = torch.compile(model)
     opt = build_optimizer(raw, cfg, d.device)
-    sched = build_scheduler(opt, cfg, phase["schedule_start"])
+    progress = BudgetProgress()  # --schedule time: the loop moves it, the schedule reads it
+    sched = build_scheduler(opt, cfg, phase["schedule_start"], progress)
     stream = ShardStream(shards, StreamConfig(batch_size=cfg.batch_size, seed=cfg.seed, rank=d.rank,
                                               world_size=d.world_size, overfit_batches=cfg.overfit_batches))
     step, start_batch = 0, 0
@@ -181,7 +182,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
                 f"{'AdamW and schedule carried' if start.optimizer is not None else 'AdamW and schedule restarted'}")
         log.write({"event": "phase", "step": step, "phase": phase["name"], "init_from": start.source})
     run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
-    run.phase = phase
+    run.phase, run.progress = phase, progress
     if ck:
         run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
     return run
@@ -289,6 +290,7 @@ class _Run:
         self.start_step, self.start_batch = step, start_batch
         self.clock = TrainClock()
         self.phase: dict = {}  # set by _prepare; kept in every checkpoint
+        self.progress = BudgetProgress()  # set by _prepare: the share of --max-time used, for --schedule time
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -318,13 +320,14 @@ class _Run:
                 if cfg.clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.clip)
                 self.opt.step()
-                self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
                 done_steps += 1
-                train_s = self.clock.read()[0]
-                halt, out_of_time, val_due = self._agree(stop.requested, budget_s and train_s >= budget_s,
-                                                         train_s >= next_val_s)
+                halt, train_s = self._agree(stop.requested, self.clock.read()[0])
+                out_of_time, val_due = budget_s and train_s >= budget_s, train_s >= next_val_s
+                if budget_s:
+                    self.progress.fraction = train_s / budget_s
+                self.sched.step()  # the next step's rate (--schedule time: from the agreed clock)
                 last = step == cfg.max_steps or halt or out_of_time
                 if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
                     rec = self._reduce_window(window, micro, step, lr)  # raises NonFiniteLoss
@@ -373,13 +376,15 @@ class _Run:
         self.log.write({"event": "end", "step": step, "stopped": stopped})
         return summary
 
-    def _agree(self, *local) -> tuple[bool, ...]:
-        """All ranks act at the same step: any rank's signal stops them all, any rank's clock past
-        --max-time or a --val-minutes mark decides for all (one tiny all-reduce)."""
+    def _agree(self, stop_requested: bool, train_s: float) -> tuple[bool, float]:
+        """All ranks act at the same step: any rank's signal stops them all, and the slowest-reading
+        rank's clock (the largest) is everyone's, so --max-time, the --val-minutes marks and
+        --schedule time's learning rate are decided alike on every rank (one tiny all-reduce)."""
         if not self.d.distributed:
-            return tuple(bool(x) for x in local)
-        flags = torch.tensor([float(bool(x)) for x in local], device=self.d.device)
-        return tuple(bool(x) for x in dist.all_reduce_max(flags, self.d).tolist())
+            return bool(stop_requested), train_s
+        both = torch.tensor([float(bool(stop_requested)), train_s], dtype=torch.float64, device=self.d.device)
+        halt, agreed = dist.all_reduce_max(both, self.d).tolist()
+        return bool(halt), agreed
 
     def _reduce_window(self, window: torch.Tensor, micro: int, step: int, lr: float) -> dict:
         sums = dist.all_reduce_sum(window.clone(), self.d).tolist()

@@ -1,5 +1,6 @@
-"""AdamW with BERT's weight-decay groups, and the learning-rate schedule (linear warm-up, then
-linear or cosine decay to `--min-lr` at `--max-steps`)."""
+"""AdamW with BERT's weight-decay groups, and the learning-rate schedule: linear warm-up, then
+linear or cosine decay to `--min-lr` at `--max-steps` (`--schedule steps`) or when the `--max-time`
+budget runs out (`--schedule time`)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,39 @@ def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: 
     return 1.0 - (1 - min_ratio) * progress
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def budget_lr_factor(step: int, fraction: float, *, warmup: int, decay: str, min_ratio: float) -> float:
+    """Multiplier of --lr on a time budget: the decay follows `fraction`, the share of the budget
+    used so far, and ends at `min_ratio` as the budget runs out; warm-up (in steps, as ever) ramps
+    up to that curve. Why time and not steps: a run that stops on --max-time with a step horizon
+    guessed from a measured rate either stops before its decay ends or is cut off before the low
+    learning rates where most of a short run's accuracy is gained; the clock knows when it ends."""
+    progress = min(1.0, max(0.0, fraction))
+    if decay == "cosine":
+        decayed = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        decayed = 1.0 - (1 - min_ratio) * progress
+    return min((step + 1) / warmup if step < warmup else 1.0, decayed)
+
+
+class BudgetProgress:
+    """The share of the --max-time budget used, set by the loop before each scheduler step (the same
+    value on every rank: the loop agrees on the clock)."""
+
+    def __init__(self):
+        self.fraction = 0.0
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, start: int = 0,
+                    progress: BudgetProgress | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule of a run whose step counter stood at `start` when the schedule began (a new
-    phase's first step, `--init-from`): warm-up counts from there, the decay ends at --max-steps."""
+    phase's first step, `--init-from`): warm-up counts from there, the decay ends at --max-steps,
+    or with `--schedule time` as `progress` (the loop's clock against --max-time) reaches 1."""
     min_ratio = cfg.min_lr / cfg.lr
 
     def factor(step: int) -> float:  # `step`: updates since the schedule began
+        if cfg.schedule == "time":
+            return budget_lr_factor(step, progress.fraction if progress else 0.0, warmup=cfg.warmup_steps,
+                                    decay=cfg.decay, min_ratio=min_ratio)
         return lr_factor(step, warmup=cfg.warmup_steps, max_steps=cfg.max_steps - start, decay=cfg.decay,
                          min_ratio=min_ratio)
 

@@ -28,7 +28,7 @@ import glob  # noqa: E402
 import tomllib  # noqa: E402
 
 from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
-from bertprep.trainer.config import DECAYS, DEVICES, NORMS, PRECISIONS, PRESETS, TrainConfig  # noqa: E402
+from bertprep.trainer.config import DECAYS, DEVICES, NORMS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig  # noqa: E402
 from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
 from bertprep.trainer.loop import NonFiniteLoss, train  # noqa: E402
 from bertprep.trainer.recipes import available, load_recipe, phase_index  # noqa: E402
@@ -61,6 +61,8 @@ FLAGS = [
     ("--min-lr", float, "learning rate at --max-steps"),
     ("--warmup-steps", int, "steps of linear warm-up from 0 to --lr"),
     ("--decay", DECAYS, "decay after warm-up"),
+    ("--schedule", SCHEDULES, "steps: the decay ends at --max-steps; time: it ends as the --max-time budget runs "
+                              "out (the rate follows the clock, so the run ends annealed whatever its speed)"),
     ("--weight-decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
     ("--beta1", float, "AdamW beta1"),
     ("--beta2", float, "AdamW beta2"),
