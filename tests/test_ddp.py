@@ -103,3 +103,18 @@ def test_another_world_size_cannot_resume(uneven, ddp_run, tmp_path):
                       quiet=True, tensorboard=False)
     with pytest.raises(ConfigError, match="world_size=2 but this run has 1"):
         train(cfg)
+
+
+def test_two_ranks_on_a_time_budget_stop_together_annealed(uneven, tmp_path):
+    """--max-time with --schedule time under torchrun: each rank reads its own clock, so they must
+    agree on one (a rank stopping a step before the other would leave its peer hanging in a
+    collective), and the rate the run ends at is the budget's floor."""
+    out = tmp_path / "timed"
+    torchrun(uneven, out, "--max-steps", "1000000", "--max-time", "0.05", "--schedule", "time",
+             "--val-interval", "0", "--ckpt-interval", "1000000")
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    end = recs[-1]
+    assert end["event"] == "end" and end["stopped"] == "max_time"
+    rates = [r["lr"] for r in recs if "lr" in r]
+    assert len(rates) > 20 and rates[-1] < 0.05 * 3e-3
+    assert ckpt_io.load(ckpt_io.newest(out))["train_s"] >= 3.0

@@ -12,7 +12,8 @@ Differences from a textbook BERT that matter for speed, none for the maths:
   the device from the example lengths, so no float mask is ever copied from the host (and on CPU
   none at all when a batch has no padding);
 - on CPU in bf16, attention is plain matmuls and a float32 softmax (`attention_math`): there the
-  fused flash kernel is slower at BERT's lengths (bench/README.md, Quality).
+  fused flash kernel is slower at BERT's lengths on a CPU with AMX (without AMX bf16 does not pay on CPU:
+  bench/README.md, Quality).
 
 Every weight has exactly one HuggingFace `BertForPreTraining` / `BertForMaskedLM` counterpart of
 the same shape (`trainer/hf.py` holds the rename table); q, k and v stay separate for that reason.
