@@ -37,7 +37,11 @@ def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: 
     if step < warmup:
         return (step + 1) / warmup
     span = max(1, max_steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
+    return decayed(min(1.0, (step - warmup) / span), decay, min_ratio)
+
+
+def decayed(progress: float, decay: str, min_ratio: float) -> float:
+    """The decay's multiplier `progress` (0 to 1) of the way from the peak to `min_ratio`."""
     if decay == "cosine":
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0 - (1 - min_ratio) * progress
@@ -49,12 +53,8 @@ def budget_lr_factor(step: int, fraction: float, *, warmup: int, decay: str, min
     up to that curve. Why time and not steps: a run that stops on --max-time with a step horizon
     guessed from a measured rate either stops before its decay ends or is cut off before the low
     learning rates where most of a short run's accuracy is gained; the clock knows when it ends."""
-    progress = min(1.0, max(0.0, fraction))
-    if decay == "cosine":
-        decayed = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    else:
-        decayed = 1.0 - (1 - min_ratio) * progress
-    return min((step + 1) / warmup if step < warmup else 1.0, decayed)
+    ramp = (step + 1) / warmup if step < warmup else 1.0
+    return min(ramp, decayed(min(1.0, max(0.0, fraction)), decay, min_ratio))
 
 
 class BudgetProgress:
