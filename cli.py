@@ -243,8 +243,8 @@ def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_col
     Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet --seeds 1,2,3
     """
     from bertprep.shards.errors import ConfigError
-    from bertprep.trainer.finetune import FinetuneConfig
-    from bertprep.trainer.finetune import finetune as run_finetune
+    from bertprep.finetune.tune import FinetuneConfig
+    from bertprep.finetune.tune import finetune as run_finetune
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else ()
@@ -286,7 +286,7 @@ def predict(sentences, checkpoint, file_, top_k, as_json):
     import json
 
     from bertprep.shards.errors import InputError
-    from bertprep.trainer.inference import predict as run_predict
+    from bertprep.finetune.predict import predict as run_predict
 
     texts = list(sentences)
     if file_ is not None:
@@ -348,7 +348,7 @@ def plot(runs, out, metrics, dpi):
 
     Example: bertprep plot runs/tiny runs/mini -o curves.png
     """
-    from bertprep.trainer.plotting import PlotConfig, plot_runs
+    from bertprep.report.plotting import PlotConfig, plot_runs
 
     r = plot_runs(PlotConfig(runs=tuple(map(str, runs)), out=out, metrics=tuple(metrics), dpi=dpi))
     click.echo(f"plotted {', '.join(r['panels'])} of {len(r['runs'])} run(s) -> {r['out']}")
@@ -372,7 +372,7 @@ def report(run, out, examples, val, val_batches, batch_size):
 
     Example: bertprep report runs/pydocs-tiny -o report.html
     """
-    from bertprep.trainer.report import ReportConfig, write_report
+    from bertprep.report.report import ReportConfig, write_report
 
     r = write_report(ReportConfig(run=str(run), out=out, examples=examples, val=tuple(val),
                                   val_batches=val_batches, batch_size=batch_size))

@@ -13,7 +13,7 @@ import torch
 
 from bertprep.shards.reader import open_shard
 from bertprep.trainer.config import TrainConfig
-from bertprep.trainer.finetune import collate, encoding_tokenizer, load_classifier
+from bertprep.finetune.tune import collate, encoding_tokenizer, load_classifier
 from bertprep.trainer.interchange import load_pretrained
 from bertprep.trainer.loop import train
 from bertprep.trainer.model import Bert

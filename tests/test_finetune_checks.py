@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertprep.trainer import finetune_checks as checks
-from bertprep.trainer.classifier import encode_texts, encoding_tokenizer, load_classifier
+from bertprep.finetune import checks
+from bertprep.finetune.classifier import encode_texts, encoding_tokenizer, load_classifier
 from conftest import DATA, run_cli
 from test_finetune import pretrained  # noqa: F401 (the shared fixture: one pretraining per session)
 

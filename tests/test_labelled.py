@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertprep.trainer.labelled import read_labelled
+from bertprep.finetune.labelled import read_labelled
 from bertprep.shards.errors import InputError
 
 SENTENCES = ["a gripping , funny film .", 'it "never" works , sadly', "three classes, too"]

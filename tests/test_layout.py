@@ -1,5 +1,5 @@
 """The package layout's contracts: no module shadows a stdlib or dependency module (torchrun puts
-trainer/ first on sys.path), imports flow preprocess -> shards <- trainer, and the CLI, preprocess
+trainer/ first on sys.path), imports flow preprocess -> shards <- trainer <- finetune <- report (nothing imports cli.py), and the CLI, preprocess
 and shards never import torch, so `bertprep --help` starts instantly."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("preprocess", "shards", "trainer")
+PACKAGES = ("preprocess", "shards", "trainer", "finetune", "report")
 DEPENDENCIES = {"torch", "tokenizers", "msgpack", "pyarrow", "zstandard", "click", "numpy", "pytest", "tqdm",
                 "hypothesis", "transformers", "safetensors", "tensorboard", "datasets", "dask", "distributed", "ray",
                 "matplotlib"}
 # Which of our packages each package may import.
-ALLOWED = {"shards": {"shards"}, "preprocess": {"preprocess", "shards"}, "trainer": {"trainer", "shards"}}
+ALLOWED = {"shards": {"shards"}, "preprocess": {"preprocess", "shards"}, "trainer": {"trainer", "shards"},
+           "finetune": {"finetune", "trainer", "shards"}, "report": {"report", "finetune", "trainer", "shards"}}
+TORCH_FREE = ("preprocess", "shards")
 
 
 def modules():
@@ -53,9 +55,14 @@ def test_imports_flow_one_way():
                 assert parts[1] in ALLOWED[pkg], f"{pkg}/{path.name} imports {name}"
 
 
+def test_nothing_imports_the_cli():
+    users = [f"{pkg}/{p.name}" for pkg, p in modules() if any(n in ("bertprep.cli", "cli") for n in imported_names(p))]
+    assert not users, f"cli.py is the outermost shell; these import it: {users}"
+
+
 def test_cli_preprocess_and_shards_never_import_torch():
     for pkg, path in modules():
-        if pkg != "trainer":
+        if pkg in TORCH_FREE:
             assert not any(n.split(".")[0] == "torch" for n in imported_names(path)), path
     code = "import sys, bertprep.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

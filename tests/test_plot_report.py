@@ -88,7 +88,7 @@ def test_plot_draws_two_real_runs_into_a_non_blank_png(runs, tmp_path, capsys):
 
 
 def test_plot_metric_picks_panels_and_phases_are_marked(runs, tmp_path):
-    from bertprep.trainer.plotting import PlotConfig, draw, plot_runs, read_run
+    from bertprep.report.plotting import PlotConfig, draw, plot_runs, read_run
 
     # as trainer/run.py --init-from writes a second phase: the first phase's records untagged, an
     # event where the new phase begins, then records tagged with its name

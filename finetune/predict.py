@@ -14,7 +14,7 @@ from bertprep.shards.errors import InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, resolve_checkpoint
 from bertprep.trainer.config import ModelConfig
-from bertprep.trainer.classifier import CLASSIFIER_FORMAT, collate, encode_texts, encoding_tokenizer, load_classifier
+from bertprep.finetune.classifier import CLASSIFIER_FORMAT, collate, encode_texts, encoding_tokenizer, load_classifier
 from bertprep.trainer.model import Bert
 
 

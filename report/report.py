@@ -2,7 +2,7 @@
 
     bertprep report runs/pydocs-tiny -o report.html [-n 8] [--val shards/val_*]
 
-A pretraining run gets its settings, its curves (`trainer/plotting.py`), the final validation
+A pretraining run gets its settings, its curves (`report/plotting.py`), the final validation
 figures next to those of the untrained model (the run's shape, with the random initial weights its
 `--seed` gives, as the trainer builds them), and N validation sentences with every masked position coloured: green where
 the top-1 guess is the true token, orange where it is not, with the true token beside it and the
@@ -13,7 +13,7 @@ it opens anywhere with no network.
 
 Only the run directory is read, plus what its checkpoint needs for predictions: the validation
 shards (or labelled file) the run recorded, or `--val`, and the tokenizer the checkpoint names.
-HTML markup lives in `trainer/report_page.py`.
+HTML markup lives in `report/page.py`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from bertprep.shards.errors import BertprepError, ConfigError, InputError
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer import report_page as page
+from bertprep.report import page
 from bertprep.trainer.artifacts import find_tokenizer
 from bertprep.trainer.config import ModelConfig
 from bertprep.trainer.dist import Dist
 from bertprep.trainer.evaluation import default_val_shards, to_device, val_stream, validate
 from bertprep.trainer.model import Bert
-from bertprep.trainer.plotting import RunLog, draw, figure_bytes, read_run
+from bertprep.report.plotting import RunLog, draw, figure_bytes, read_run
 from bertprep.trainer.stream import shard_data
 
 PREDICTIONS_FILE = "predictions.jsonl"  # written by `bertprep finetune` where it does
@@ -252,7 +252,7 @@ def masked_predictions(model: Bert, shards: list, count: int, vocab: list[str] |
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 def _finetune(run: RunLog, cfg: ReportConfig, summary: dict) -> list[tuple[str, str]]:
-    from bertprep.trainer.finetune import load_classifier
+    from bertprep.finetune.tune import load_classifier
 
     notes = summary["notes"]
     best = run.path / "best.pt"
@@ -329,8 +329,8 @@ def _real(v) -> bool:
 def _predict_val(model, ck: dict, best: Path, cfg: ReportConfig, notes: list) -> tuple[list[dict] | None, str]:
     """Predictions of a single-sentence classifier on its validation file (runs written before
     `finetune` kept predictions.jsonl), or `--val FILE`."""
-    from bertprep.trainer.finetune import collate, encoding_tokenizer
-    from bertprep.trainer.labelled import read_labelled
+    from bertprep.finetune.tune import collate, encoding_tokenizer
+    from bertprep.finetune.labelled import read_labelled
 
     ft = ck.get("config") or {}
     val_file = cfg.val[0] if cfg.val else ft.get("val")

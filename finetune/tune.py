@@ -12,8 +12,8 @@ ratings (the head predicts `mean + std * z`, so it starts at the mean whatever t
 by --regression-weight next to cross-entropy, alone with weight 1. The best epoch (validation
 accuracy, or MAE without classes) over all --seeds is kept as `<out>/best.pt` with the tokenizer
 beside it; `<out>/predictions.jsonl` holds its validation predictions. The model, its inputs
-and its checkpoint live in `trainer/classifier.py`; the checks are worded in
-`trainer/finetune_checks.py`.
+and its checkpoint live in `finetune/classifier.py`; the checks are worded in
+`finetune/checks.py`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
-from bertprep.trainer import finetune_checks as checks
+from bertprep.finetune import checks
 from bertprep.trainer.artifacts import keep_tokenizer
-from bertprep.trainer.classifier import (CLASSIFIER_FORMAT, CLASSIFIER_VERSION, Classifier,  # noqa: F401
+from bertprep.finetune.classifier import (CLASSIFIER_FORMAT, CLASSIFIER_VERSION, Classifier,  # noqa: F401
                                          collate, encode_texts, encoding_tokenizer, example_losses,
                                          load_classifier, save_classifier)  # (re-exported: older imports)
 from bertprep.trainer.config import ModelConfig
 from bertprep.trainer.interchange import Pretrained, load_encoder, load_pretrained
-from bertprep.trainer.labelled import Labelled, read_labelled
+from bertprep.finetune.labelled import Labelled, read_labelled
 from bertprep.trainer.metrics import MetricsLog
 from bertprep.trainer.optim import lr_factor, param_groups
 

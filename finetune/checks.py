@@ -1,7 +1,7 @@
 """The checklist `bertprep finetune` runs for the user, as pure functions over numbers and arrays.
 
 Fine-tuning fails quietly: random weights instead of pretrained ones, labels shifted by one class,
-a model that answers one class for everything, a lucky seed. `trainer/finetune.py` measures; this
+a model that answers one class for everything, a lucky seed. `finetune/tune.py` measures; this
 module judges and words it:
 
 - `weights_line`: how many encoder tensors came from the checkpoint; none at all is refused.
