@@ -7,11 +7,13 @@ traceback. This module imports neither torch nor the heavy preprocessing code at
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
+from bertprep.shards import options
 from bertprep.shards.errors import BertprepError
 
 
@@ -22,40 +24,42 @@ def cli() -> None:
     and verify them. Train with `torchrun trainer/run.py --shards shards/train_*`."""
 
 
+class ConfigCommand(click.Command):
+    """A command whose options are the flags of a config class (`module:Class`), derived from its
+    fields (`shards/options.py`) when the command runs or shows its help: so a default, a choice or
+    a help text is written once, on the field, and `bertprep --help` imports none of the configs'
+    modules (fine-tuning's imports torch)."""
+
+    def __init__(self, *args, config: str, **kwargs):
+        self.config, self._derived = config, None
+        super().__init__(*args, **kwargs)
+
+    def config_class(self):
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def params(self) -> list:
+        if self._derived is None:
+            self._derived = self._own + options.click_params(self.config_class())
+        return self._derived
+
+    @params.setter
+    def params(self, value: list) -> None:  # click sets the declared arguments here
+        self._own, self._derived = list(value), None
+
+
+def _config_command(config: str):
+    return cli.command(cls=ConfigCommand, config=config)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-@cli.command()
+@_config_command("bertprep.preprocess.tokenizing:TokenizeConfig")
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("tokens"), show_default=True,
-              help="Directory of the token store to write.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "text", "wikitext", "jsonl", "parquet"]), default="auto",
-              show_default=True, help="Input layout; auto = by suffix (.jsonl, .parquet), WikiText when "
-              "' = Title = ' headings appear, else plain text (a paragraph per line, blank line between documents).")
-@click.option("--vocab", type=click.Path(path_type=Path), help="Use this BERT vocab.txt instead of training one.")
-@click.option("--tokenizer", "tokenizer_json", type=click.Path(path_type=Path),
-              help="Use this tokenizers JSON file (its own normalization applies) instead of training one.")
-@click.option("--vocab-size", type=int, default=30522, show_default=True, help="Size of the vocab to train.")
-@click.option("--lowercase/--cased", default=True, show_default=True,
-              help="Uncased (lower-case, accents stripped, as BERT uncased) or cased text.")
-@click.option("--label", help="Name of this corpus in shard file names [default: first dotted part of the first "
-              "input's name, e.g. 'wiki' for wiki.train.tokens].")
-@click.option("--workers", type=int, default=0, show_default=True, help="Encoder threads; 0 = all cores.")
-@click.option("--backend", type=click.Choice(["native", "tokenizers"]), default="native", show_default=True,
-              help="native: BERT WordPiece in C, the same ids as tokenizers, several times faster (used when the "
-              "tokenizer is BERT's pipeline, else tokenizers); tokenizers: HuggingFace tokenizers, the reference.")
-@click.option("--overwrite", is_flag=True, help="Replace a token store of a different run in --out.")
-@click.option("--chunk-mb", type=float, default=64.0, show_default=True,
-              help="Inputs are cut into spans of about this size at document boundaries (a compressed file is one "
-              "span): the unit of work on a --cluster. The output is the same for any value.")
-@click.option("--cluster", metavar="ADDRESS", help="Run the work as tasks on a Dask distributed cluster: a "
-              "scheduler's address (tcp://host:8786), or local:N to start N worker processes here for this command. "
-              "Output is byte-identical to a run without it. Needs pip install 'bertprep[cluster]'.")
-@click.option("--cluster-timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
-def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, label, workers, backend, overwrite,
-             chunk_mb, cluster, cluster_timeout):
+def tokenize(corpus, **flags):
     """Tokenize CORPUS files into a memory-mappable token store.
 
     Inputs may be plain text, WikiText-103 (.tokens), .jsonl (a 'text' field per line) or .parquet (a
@@ -67,13 +71,8 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
     On a cluster: bertprep tokenize /shared/c4/*.json.gz --vocab vocab.txt --out /shared/tokens --cluster tcp://head:8786
     """
     from bertprep.preprocess.tokenizing import TokenizeConfig, run_tokenize
-    from bertprep.preprocess.vocab import VocabConfig
 
-    cfg = TokenizeConfig(
-        inputs=tuple(corpus), out=out, fmt=fmt, label=label, workers=workers, backend=backend, overwrite=overwrite,
-        vocab=VocabConfig(vocab=vocab, tokenizer=tokenizer_json, vocab_size=vocab_size, lowercase=lowercase),
-        chunk_mb=chunk_mb, cluster=cluster, cluster_timeout=cluster_timeout,
-    )
+    cfg = options.build(TokenizeConfig, flags | {"inputs": tuple(corpus)})
     result = run_tokenize(cfg)
     if result["fallback_reason"]:
         click.echo(f"note: native backend not used, tokenizers instead: {result['fallback_reason']}", err=True)
@@ -84,45 +83,12 @@ def tokenize(corpus, out, fmt, vocab, tokenizer_json, vocab_size, lowercase, lab
         f"tokenized {_mb(c['bytes_read'])}: {c['documents']:,} documents, {c['sentences']:,} sentences, "
         f"{c['tokens']:,} tokens ([UNK] {100 * c['unk_rate']:.2f}%{bad}) in {result['seconds']:.1f}s "
         f"= {result['tokens_per_s']:,.0f} tokens/s ({result['backend']}{on}); vocab {m['tokenizer']['vocab_size']:,} "
-        f"({m['tokenizer']['source']}) -> {out}/ (label '{m['label']}')"
+        f"({m['tokenizer']['source']}) -> {cfg.out}/ (label '{m['label']}')"
     )
 
 
-@cli.command()
-@click.option("--tokens", type=click.Path(path_type=Path), default=Path("tokens"), show_default=True,
-              help="Token store written by `bertprep tokenize`.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), show_default=True,
-              help="Directory for the shard files and the run's manifest.")
-@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
-@click.option("--seed", type=int, default=12345, show_default=True, help="Seeds document splits, packing and masking.")
-@click.option("--strategy", type=click.Choice(["segment", "split"]), default="segment", show_default=True,
-              help="segment: whole sentences of one document, as google-research/bert; split: contiguous "
-              "windows of exactly max-len - 2 tokens (no padding).")
-@click.option("--short-seq-prob", type=float, default=0.1, show_default=True,
-              help="Share of segment-strategy examples given a random shorter target length.")
-@click.option("--nsp", is_flag=True, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
-@click.option("--mask-prob", type=float, default=0.15, show_default=True, help="Share of tokens chosen for prediction.")
-@click.option("--max-predictions", type=int, help="Prediction slots per example [default: round(max-len * mask-prob)].")
-@click.option("--whole-word", is_flag=True, help="Choose whole words (a token and its ## pieces) together.")
-@click.option("--dupe-factor", type=int, default=1, show_default=True, help="Write N differently masked copies.")
-@click.option("--split", "split_", default="0.98,0.01,0.01", show_default=True,
-              help="Fractions of documents for train,val,test.")
-@click.option("--split-seed", type=int, default=0, show_default=True,
-              help="Seeds which documents go to val/test; independent of --seed and --max-len, so runs at "
-              "other lengths or seeds from one token store never train on each other's validation documents.")
-@click.option("--format", "fmt", type=click.Choice(["arrow", "msgpack"]), default="arrow", show_default=True,
-              help="arrow: uncompressed Arrow IPC, memory-mapped by the trainer; msgpack: msgpack records, zstd-compressed.")
-@click.option("--examples-per-shard", type=int, default=65536, show_default=True, help="Examples per part file.")
-@click.option("--workers", type=int, default=0, show_default=True, help="Worker processes; 0 = all cores. "
-              "Output is byte-identical for any value.")
-@click.option("--overwrite", is_flag=True, help="Replace shards of other settings found in --out.")
-@click.option("--cluster", metavar="ADDRESS", help="Run the work as tasks on a Dask distributed cluster: a "
-              "scheduler's address (tcp://host:8786), or local:N to start N worker processes here for this command. "
-              "Output is byte-identical to a run without it. Needs pip install 'bertprep[cluster]'.")
-@click.option("--cluster-timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
-def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, max_predictions, whole_word,
-          dupe_factor, split_, split_seed, fmt, examples_per_shard, workers, overwrite, cluster, cluster_timeout):
+@_config_command("bertprep.preprocess.sharding:ShardConfig")
+def shard(**flags):
     """Cut a token store into fixed-length, pre-masked MLM (and NSP) examples in shard files.
 
     Writes {split}_{label}_{maxlen}_{seed}_{part}.arrow files for the train, val and test splits
@@ -133,20 +99,16 @@ def shard(tokens, out, max_len, seed, strategy, short_seq_prob, nsp, mask_prob, 
     """
     from bertprep.preprocess.sharding import ShardConfig, run_shard
 
-    cfg = ShardConfig(tokens=tokens, out=out, max_len=max_len, seed=seed, strategy=strategy,
-                      short_seq_prob=short_seq_prob, nsp=nsp, mask_prob=mask_prob, max_predictions=max_predictions,
-                      whole_word=whole_word, dupe_factor=dupe_factor, split=split_, split_seed=split_seed, fmt=fmt,
-                      examples_per_shard=examples_per_shard, workers=workers, overwrite=overwrite, cluster=cluster,
-                      cluster_timeout=cluster_timeout)
+    cfg = options.build(ShardConfig, flags)
     result = run_shard(cfg)
     m = result["manifest"]
     per_split = ", ".join(f"{k} {v['examples']:,}" for k, v in m["splits"].items())
     on = f" on {result['cluster']} ({result['chunks']:,} chunks)" if result.get("cluster") else ""
     click.echo(f"sharded: {per_split} examples in {len(m['files'])} files; mask rate {m['mask_rate']:.4f}, "
                f"padding {100 * m['padding_fraction']:.1f}%; {result['seconds']:.1f}s = "
-               f"{result['examples_per_s']:,.0f} examples/s{on} -> {out}/")
+               f"{result['examples_per_s']:,.0f} examples/s{on} -> {cfg.out}/")
     for split in m["empty_splits"]:
-        click.echo(f"warning: split '{split}' got no examples (too few documents for --split {split_}); "
+        click.echo(f"warning: split '{split}' got no examples (too few documents for --split {cfg.split}); "
                    "no file written for it", err=True)
 
 
@@ -192,45 +154,8 @@ def verify(paths):
     click.echo(f"ok: {r['files']} files, {r['examples']:,} examples verified")
 
 
-@cli.command()
-@click.option("--checkpoint", help="Pretraining run directory (its newest checkpoint) or checkpoint file.")
-@click.option("--init-from-hf", "init_from_hf", type=click.Path(path_type=Path),
-              help="Start from a HuggingFace BERT directory (weights and tokenizer) instead of --checkpoint.")
-@click.option("--train", "train_file", required=True, help="Labelled training set: .parquet (SST-2 layout), .tsv, .csv or .jsonl.")
-@click.option("--val", "val_file", required=True, help="Labelled validation set, evaluated after each epoch.")
-@click.option("--test", "test_file", help="Labelled test set, evaluated once with each seed's best epoch.")
-@click.option("--text-column", default="sentence", show_default=True)
-@click.option("--text-column-b", help="Second sentence of a pair: inputs become [CLS] a [SEP] b [SEP] (entailment-style tasks).")
-@click.option("--label-column", default="label", show_default=True, help="Integer labels 0..K-1.")
-@click.option("--task", type=click.Choice(["classification", "regression"]), default="classification",
-              show_default=True, help="regression: only a rating head on --regression-column, no classes.")
-@click.option("--regression-column", help="A number per row (e.g. a star rating) learnt by a rating head on the same "
-              "[CLS] output, reported as MAE; with --task classification, next to the classes.")
-@click.option("--regression-weight", type=float, default=0.02, show_default=True,
-              help="Weight of the rating's L1 loss (in standard deviations of the training ratings) next to cross-entropy.")
-@click.option("--out", default="runs/finetune", show_default=True,
-              help="Run directory: best.pt, metrics.jsonl, predictions.jsonl, tokenizer.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True,
-              help="Batches summed into one optimizer step (an effective batch of batch-size x N in less memory).")
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True, help="Share of steps of linear warm-up; then linear decay to 0.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW decay (not on biases and LayerNorm).")
-@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient-norm clipping (0: off).")
-@click.option("--dropout", type=float, default=0.1, show_default=True)
-@click.option("--max-len", type=int, default=128, show_default=True, help="Tokens per example, [CLS]/[SEP] included.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seeds", help="Comma-separated seeds, e.g. 1,2,3: one fine-tune per seed, each accuracy and mean ± std "
-              "reported, the best epoch of all kept (replaces --seed).")
-@click.option("--from-scratch", is_flag=True, help="Same architecture with random weights (the baseline to compare with).")
-@click.option("--show-batch", is_flag=True, help="Print the first training batch decoded ([CLS] text [SEP] [PAD]...) with its labels.")
-@click.option("--show-errors", type=int, default=0, show_default=True, metavar="N",
-              help="Print the N validation rows the kept model gets most confidently wrong.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_column, text_column_b, label_column, task,
-             regression_column, regression_weight, out, epochs, batch_size, grad_accum, lr, warmup_ratio, weight_decay,
-             clip, dropout, max_len, seed, seeds, from_scratch, show_batch, show_errors, device):
+@_config_command("bertprep.finetune.tune:FinetuneConfig")
+def finetune(**flags):
     """Fine-tune a pretrained encoder for sentence (or sentence-pair) classification, a rating, or both.
 
     Defaults follow the BERT paper: AdamW lr 2e-5, batch 32, 3 epochs, 10% warm-up then linear
@@ -242,28 +167,16 @@ def finetune(checkpoint, init_from_hf, train_file, val_file, test_file, text_col
 
     Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet --seeds 1,2,3
     """
-    from bertprep.shards.errors import ConfigError
     from bertprep.finetune.tune import FinetuneConfig
     from bertprep.finetune.tune import finetune as run_finetune
 
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else ()
-    except ValueError:
-        raise ConfigError(f"--seeds takes comma-separated integers such as 1,2,3, got {seeds!r}") from None
-    cfg = FinetuneConfig(checkpoint=checkpoint, init_from_hf=str(init_from_hf) if init_from_hf else None,
-                         train=train_file, val=val_file, test=test_file, text_column=text_column,
-                         text_column_b=text_column_b, label_column=label_column, task=task,
-                         regression_column=regression_column, regression_weight=regression_weight, out=out,
-                         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
-                         weight_decay=weight_decay, clip=clip, dropout=dropout, max_len=max_len, seed=seed,
-                         seeds=seed_list, from_scratch=from_scratch, show_batch=show_batch, show_errors=show_errors,
-                         device=device)
+    cfg = options.build(FinetuneConfig, flags)
     r = run_finetune(cfg, echo=click.echo, warn=lambda line: click.echo(line, err=True))
     scores = [f"val acc {100 * r['val_acc']:.2f}%" if "val_acc" in r else f"val MAE {r['val_mae']:.4f}"]
     scores += [f"test acc {100 * r['test_acc']:.2f}%"] if "test_acc" in r else []
     scores += [f"test MAE {r['test_mae']:.4f}"] if "test_mae" in r and "test_acc" not in r else []
     seed_note = f" (seed {r['best_seed']})" if len(cfg.seed_list) > 1 else ""
-    click.echo(f"best epoch {r['best_epoch']}{seed_note}: {', '.join(scores)} -> {out}/best.pt")
+    click.echo(f"best epoch {r['best_epoch']}{seed_note}: {', '.join(scores)} -> {cfg.out}/best.pt")
 
 
 @cli.command()
@@ -332,14 +245,9 @@ def export(checkpoint, hf_dir):
     click.echo(f"exported step {r['step']} as {r['architecture']} ({r['tensors']} tensors) -> {r['out']}/")
 
 
-@cli.command()
+@_config_command("bertprep.report.plotting:PlotConfig")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", default="curves.png", show_default=True, help="Image to write: .png, .svg or .pdf.")
-@click.option("--metric", "metrics", multiple=True,
-              help="A panel to draw (repeatable): loss, val_mlm_acc, val_ppl, val_nsp_acc, val_acc, val_mae, lr, "
-              "tokens_per_s or any key of metrics.jsonl [default: every recorded one of these].")
-@click.option("--dpi", type=int, default=100, show_default=True)
-def plot(runs, out, metrics, dpi):
+def plot(runs, **flags):
     """Draw the curves of one or more RUN directories from their metrics.jsonl, on shared axes.
 
     Loss (train and validation), validation MLM accuracy and perplexity, learning rate and tokens/s
@@ -350,20 +258,13 @@ def plot(runs, out, metrics, dpi):
     """
     from bertprep.report.plotting import PlotConfig, plot_runs
 
-    r = plot_runs(PlotConfig(runs=tuple(map(str, runs)), out=out, metrics=tuple(metrics), dpi=dpi))
+    r = plot_runs(options.build(PlotConfig, flags | {"runs": tuple(map(str, runs))}))
     click.echo(f"plotted {', '.join(r['panels'])} of {len(r['runs'])} run(s) -> {r['out']}")
 
 
-@cli.command()
+@_config_command("bertprep.report.report:ReportConfig")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("-o", "--out", default="report.html", show_default=True, help="HTML file to write.")
-@click.option("-n", "examples", type=int, default=8, show_default=True,
-              help="Validation sentences to show (fine-tuning: worst errors).")
-@click.option("--val", multiple=True, help="Validation data instead of the run's own: val shard files for a "
-              "pretraining run, a labelled file for a fine-tuning run (repeatable).")
-@click.option("--val-batches", type=int, default=20, show_default=True, help="Batches for the final figures.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-def report(run, out, examples, val, val_batches, batch_size):
+def report(run, **flags):
     """Write one self-contained HTML page about RUN: settings, curves, final figures and predictions.
 
     Pretraining: validation figures before and after training, and validation sentences with each
@@ -374,8 +275,7 @@ def report(run, out, examples, val, val_batches, batch_size):
     """
     from bertprep.report.report import ReportConfig, write_report
 
-    r = write_report(ReportConfig(run=str(run), out=out, examples=examples, val=tuple(val),
-                                  val_batches=val_batches, batch_size=batch_size))
+    r = write_report(options.build(ReportConfig, flags | {"run": str(run)}))
     for note in r["notes"]:
         click.echo(f"note: {note}", err=True)
     what = (f"{r['examples']} sentences, {r['masked']} masked tokens coloured" if r["kind"] == "pretrain"
@@ -402,6 +302,8 @@ def recipe(name, corpus, tokens_dir, gpus, steps, batch_size, vocab_size):
     """
     import json
 
+    from bertprep.preprocess.sharding import ShardConfig
+    from bertprep.preprocess.tokenizing import TokenizeConfig
     from bertprep.shards.errors import ConfigError, InputError
     from bertprep.trainer.recipes import available, load_recipe, plan
 
@@ -424,8 +326,10 @@ def recipe(name, corpus, tokens_dir, gpus, steps, batch_size, vocab_size):
             tokens = int(m["counts"]["tokens"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    lines, steps_ = plan(r, [str(p) for p in corpus], tokens=tokens, tokens_exact=tokens is not None, corpus_bytes=size,
-                         gpus=gpus, steps=steps, batch=batch_size, vocab_size=vocab_size, tokens_dir=str(tokens_dir))
+    data_defaults = {x.name.lstrip("-"): x.default for c in (TokenizeConfig, ShardConfig) for x in options.flags(c)}
+    lines, steps_ = plan(r, [str(p) for p in corpus], data_defaults=data_defaults, tokens=tokens,
+                         tokens_exact=tokens is not None, corpus_bytes=size, gpus=gpus, steps=steps, batch=batch_size,
+                         vocab_size=vocab_size, tokens_dir=str(tokens_dir))
     for line in lines:
         click.echo(line)
     for i, s in enumerate(steps_, 1):

@@ -205,14 +205,14 @@ def side_hf(a) -> None:
 # --- bertprep's side ---------------------------------------------------------------------------------
 
 def bertprep_config(a, out: Path, **kw):
-    from bertprep.trainer.config import TrainConfig
+    from bertprep.trainer.config import train_config
 
     shards = tuple(map(str, sorted((a.shards).glob("train_*.arrow"))))
     base = dict(shards=shards, out=str(out), model="tiny", **SHAPE, batch_size=a.batch, lr=a.lr,
                 warmup_steps=a.warmup, dropout=a.dropout, decay=a.decay, beta2=a.beta2, precision=a.precision,
                 seed=a.seed, val_interval=0,
                 val_examples=0, log_interval=100, ckpt_interval=10**9, tensorboard=False, quiet=False)
-    return TrainConfig(**(base | kw))
+    return train_config(**(base | kw))
 
 
 def side_bertprep(a) -> None:
@@ -251,9 +251,8 @@ def step_costs(a) -> None:
     import transformers
 
     from bench.train import _adamw, make_batch
-    from bertprep.trainer.config import ModelConfig
     from bertprep.trainer.hf import hf_config
-    from bertprep.trainer.model import Bert, pretraining_loss
+    from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
 
     torch.set_num_threads(a.threads)
     b = make_batch(a.batch, a.max_len, round(a.max_len * 0.15), a.vocab_size, torch.device("cpu"))

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from bertprep.shards.reader import open_shards
-from bertprep.trainer.config import PRESETS, ModelConfig, TrainConfig
+from bertprep.trainer.config import PRESETS, train_config
 from bertprep.trainer.hf import hf_config, to_hf
-from bertprep.trainer.model import Bert, flops_per_step, pretraining_loss
+from bertprep.trainer.model import Bert, ModelConfig, flops_per_step, pretraining_loss
 from bertprep.trainer.optim import param_groups
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig
@@ -135,7 +135,7 @@ def bench_loader(folder: Path, *, B: int, batches: int) -> dict:
 def bench_data_wait(folder: Path, out: Path, *, B: int, steps: int) -> dict:
     from bertprep.trainer.loop import train
 
-    cfg = TrainConfig(shards=tuple(map(str, sorted(folder.glob("train_*.arrow")))), out=str(out), model="tiny",
+    cfg = train_config(shards=tuple(map(str, sorted(folder.glob("train_*.arrow")))), out=str(out), model="tiny",
                       batch_size=B, max_steps=steps, warmup_steps=10, log_interval=steps, val_interval=0,
                       ckpt_interval=steps, quiet=True, tensorboard=False)
     s = train(cfg)

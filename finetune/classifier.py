@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ShardFormatError
 from bertprep.trainer.checkpoint import read_torch_file
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.model import Bert
 
 CLASSIFIER_FORMAT = "bertprep-classifier"

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from bertprep.shards.errors import InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, resolve_checkpoint
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 from bertprep.finetune.classifier import CLASSIFIER_FORMAT, collate, encode_texts, encoding_tokenizer, load_classifier
 from bertprep.trainer.model import Bert
 

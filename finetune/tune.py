@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,51 +31,64 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.options import check, option
 from bertprep.finetune import checks
 from bertprep.trainer.artifacts import keep_tokenizer
 from bertprep.finetune.classifier import (CLASSIFIER_FORMAT, CLASSIFIER_VERSION, Classifier,  # noqa: F401
                                          collate, encode_texts, encoding_tokenizer, example_losses,
                                          load_classifier, save_classifier)  # (re-exported: older imports)
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.interchange import Pretrained, load_encoder, load_pretrained
 from bertprep.finetune.labelled import Labelled, read_labelled
 from bertprep.trainer.metrics import MetricsLog
 from bertprep.trainer.optim import lr_factor, param_groups
 
-TASKS = ("classification", "regression")
-
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
-    checkpoint: str | None = None       # --checkpoint: pretraining run directory or checkpoint file
-    init_from_hf: str | None = None     # --init-from-hf: a HuggingFace BERT directory instead
-    train: str                          # --train
-    val: str                            # --val
-    test: str | None = None             # --test
-    text_column: str = "sentence"       # --text-column
-    text_column_b: str | None = None    # --text-column-b: second sentence of a pair
-    label_column: str = "label"         # --label-column
-    task: str = "classification"        # --task: classification, or regression (a rating head only)
-    regression_column: str | None = None  # --regression-column: a rating per row for a rating head
-    regression_weight: float = 0.02     # --regression-weight: the rating loss next to cross-entropy
-    out: str = "runs/finetune"          # --out
-    epochs: int = 3                     # --epochs
-    batch_size: int = 32                # --batch-size
-    grad_accum: int = 1                 # --grad-accum: batches summed into one optimizer step
-    lr: float = 2e-5                    # --lr
-    warmup_ratio: float = 0.1           # --warmup-ratio
-    weight_decay: float = 0.01          # --weight-decay
-    clip: float = 1.0                   # --clip
-    dropout: float = 0.1                # --dropout (classifier and encoder)
-    max_len: int = 128                  # --max-len
-    seed: int = 0                       # --seed
-    seeds: tuple[int, ...] = ()         # --seeds: one fine-tune per seed (replaces --seed)
-    from_scratch: bool = False          # --from-scratch: same architecture, random weights
-    show_batch: bool = False            # --show-batch: print the first training batch decoded
-    show_errors: int = 0                # --show-errors N: the N most confidently wrong val rows
-    device: str = "auto"                # --device
+    """`bertprep finetune`: defaults are the BERT paper's fine-tuning recipe."""
+
+    checkpoint: str | None = option(None, help="Pretraining run directory (its newest checkpoint) or checkpoint file.")
+    init_from_hf: str | None = option(None, metavar="PATH", help=(
+        "Start from a HuggingFace BERT directory (weights and tokenizer) instead of --checkpoint."))
+    train: str = option(help="Labelled training set: .parquet (SST-2 layout), .tsv, .csv or .jsonl.")
+    val: str = option(help="Labelled validation set, evaluated after each epoch.")
+    test: str | None = option(None, help="Labelled test set, evaluated once with each seed's best epoch.")
+    text_column: str = option("sentence", help="Column of the text (the first sentence of a pair).")
+    text_column_b: str | None = option(None, help=(
+        "Second sentence of a pair: inputs become [CLS] a [SEP] b [SEP] (entailment-style tasks)."))
+    label_column: str = option("label", help="Integer labels 0..K-1.")
+    task: Literal["classification", "regression"] = option("classification", help=(
+        "regression: only a rating head on --regression-column, no classes."))
+    regression_column: str | None = option(None, help=(
+        "A number per row (e.g. a star rating) learnt by a rating head on the same [CLS] output, reported as MAE; "
+        "with --task classification, next to the classes."))
+    regression_weight: float = option(0.02, help=(
+        "Weight of the rating's L1 loss (in standard deviations of the training ratings) next to cross-entropy."))
+    out: str = option("runs/finetune", help="Run directory: best.pt, metrics.jsonl, predictions.jsonl, tokenizer.")
+    epochs: int = option(3, help="Passes over the training set.")
+    batch_size: int = option(32, help="Examples per batch.")
+    grad_accum: int = option(1, help=(
+        "Batches summed into one optimizer step (an effective batch of batch-size x N in less memory)."))
+    lr: float = option(2e-5, help="Peak learning rate of AdamW.")
+    warmup_ratio: float = option(0.1, help="Share of steps of linear warm-up; then linear decay to 0.")
+    weight_decay: float = option(0.01, help="AdamW decay (not on biases and LayerNorm).")
+    clip: float = option(1.0, help="Gradient-norm clipping (0: off).")
+    dropout: float = option(0.1, help="Dropout of the classifier and the encoder.")
+    max_len: int = option(128, help="Tokens per example, [CLS]/[SEP] included.")
+    seed: int = option(0, help="Seed of the head's weights, dropout and data order.")
+    seeds: tuple[int, ...] = option((), sep=",", help=(
+        "Comma-separated seeds, e.g. 1,2,3: one fine-tune per seed, each accuracy and mean ± std reported, the best "
+        "epoch of all kept (replaces --seed)."))
+    from_scratch: bool = option(False, help="Same architecture with random weights (the baseline to compare with).")
+    show_batch: bool = option(False, help=(
+        "Print the first training batch decoded ([CLS] text [SEP] [PAD]...) with its labels."))
+    show_errors: int = option(0, metavar="N", help="Print the N validation rows the kept model gets most "
+                              "confidently wrong.")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", help="auto: CUDA when available.")
 
     def __post_init__(self):
+        check(self)
         for name in ("epochs", "batch_size", "max_len", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -86,10 +100,6 @@ class FinetuneConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.weight_decay < 0 or self.clip < 0:
             raise ConfigError("--weight-decay and --clip must be >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.task not in TASKS:
-            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "regression" and not self.regression_column:
             raise ConfigError("--task regression needs --regression-column (the column of numbers to learn)")
         if not self.regression_weight > 0:

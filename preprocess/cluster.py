@@ -31,16 +31,36 @@ import os
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import BertprepError, ClusterError, ConfigError
+from bertprep.shards.options import option
 
 LOCAL_PREFIX = "local:"
 PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 WINDOW_PER_THREAD = 2   # tasks in flight per worker thread: enough to keep every worker busy
 CHECKED_PACKAGES = ("numpy", "pyarrow", "tokenizers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """Where `tokenize` and `shard` run their tasks: here (no address) or on a Dask cluster."""
+
+    address: str | None = option(None, flag="--cluster", metavar="ADDRESS", help=(
+        "Run the work as tasks on a Dask distributed cluster: a scheduler's address (tcp://host:8786), or local:N "
+        "to start N worker processes here for this command. Output is byte-identical to a run without it. Needs "
+        "pip install 'bertprep[cluster]'."))
+    timeout: float = option(10.0, flag="--cluster-timeout",
+                            help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
+
+    def __post_init__(self):
+        if not self.timeout > 0:
+            raise ConfigError(f"--cluster-timeout must be > 0, got {self.timeout}")
+        if self.address is not None:
+            check_address(self.address)
 
 
 def check_address(address: str) -> str:

@@ -25,13 +25,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 from bertprep.preprocess import wikitext
 from bertprep.shards.errors import InputError
 
 DOC_BREAK = None
-FORMATS = ("auto", "text", "wikitext", "jsonl", "parquet")
+InputFormat = Literal["auto", "text", "wikitext", "jsonl", "parquet"]  # `bertprep tokenize --format`
 BLOCK = 4 << 20
 # A line longer than this is cut at a space: a 200 MB line without newline must not be held whole.
 MAX_LINE = 1 << 20

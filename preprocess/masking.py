@@ -22,35 +22,42 @@ row-wise sort, and cumsums over words. The whole-word greedy runs a few passes o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.options import option
 
 
 @dataclass(frozen=True, kw_only=True)
 class MaskConfig:
-    """How many tokens to predict and how to corrupt them."""
+    """How many tokens to predict and how to corrupt them. `max_predictions` None means
+    `round(max_len * mask_prob)`, which the caller (it knows the row length) resolves."""
 
-    max_predictions: int  # --max-predictions: prediction slots per row (the output width)
-    mask_prob: float = 0.15  # --mask-prob: share of a row's candidate tokens to predict
-    whole_word: bool = False  # --whole-word: choose whole WordPiece words
-    mask_token_prob: float = 0.8  # --mask-token-prob: chosen tokens that become [MASK]
-    random_token_prob: float = 0.1  # --random-token-prob: chosen tokens that become a random id
+    mask_prob: float = option(0.15, help="Share of tokens chosen for prediction.")
+    max_predictions: int | None = option(None, help="Prediction slots per example [default: round(max-len * "
+                                         "mask-prob)].")
+    whole_word: bool = option(False, help="Choose whole words (a token and its ## pieces) together.")
+    mask_token_prob: float = 0.8  # chosen tokens that become [MASK] (BERT's 80/10/10; no flag)
+    random_token_prob: float = 0.1  # chosen tokens that become a random id
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
-        if isinstance(self.max_predictions, bool) or not isinstance(self.max_predictions, int) \
-                or self.max_predictions < 1:
+        if self.max_predictions is not None and (isinstance(self.max_predictions, bool)
+                                                 or not isinstance(self.max_predictions, int)
+                                                 or self.max_predictions < 1):
             raise ConfigError(f"--max-predictions must be an integer >= 1, got {self.max_predictions!r}")
         if not 0.0 <= self.mask_token_prob <= 1.0:
-            raise ConfigError(f"--mask-token-prob must be in [0, 1], got {self.mask_token_prob}")
+            raise ConfigError(f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
         if not 0.0 <= self.random_token_prob <= 1.0 - self.mask_token_prob:
-            raise ConfigError(
-                f"--random-token-prob must be in [0, 1 - --mask-token-prob], got {self.random_token_prob}"
-            )
+            raise ConfigError(f"random_token_prob must be in [0, 1 - mask_token_prob], got {self.random_token_prob}")
+
+    def slots(self, max_len: int) -> int:
+        """Prediction slots per row of `max_len` tokens."""
+        return self.max_predictions or max(1, int(round(max_len * self.mask_prob)))
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ def mask_batch(input_ids: np.ndarray, lengths: np.ndarray, *, cfg: MaskConfig, m
     arrays over the vocab (the caller builds them from the tokenizer). Same inputs and rng state
     give the same output.
     """
+    if cfg.max_predictions is None:
+        cfg = dataclasses.replace(cfg, max_predictions=cfg.slots(np.shape(input_ids)[-1]))
     input_ids, lengths, is_special, is_continuation = _check_inputs(
         input_ids, lengths, cfg, is_special, is_continuation)
     cand = (np.arange(input_ids.shape[1]) < lengths[:, None]) & ~is_special[input_ids]

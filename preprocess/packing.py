@@ -39,12 +39,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.options import check, option
 
-STRATEGIES = ("segment", "split")
 SPLIT_DOC_TRIES = 8  # random documents a split-mode window tries before keeping its real B
 
 
@@ -52,16 +53,17 @@ SPLIT_DOC_TRIES = 8  # random documents a split-mode window tries before keeping
 class PackConfig:
     """How documents become examples."""
 
-    max_len: int  # --max-len: tokens per example, [CLS] and [SEP]s included
-    strategy: str = "segment"  # --strategy: segment | split
-    short_seq_prob: float = 0.1  # --short-seq-prob: share of examples with a shorter random target
-    nsp: bool = False  # --nsp: build sentence pairs with a next-sentence label
+    max_len: int = option(128, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
+    strategy: Literal["segment", "split"] = option("segment", help=(
+        "segment: whole sentences of one document, as google-research/bert; split: contiguous windows of exactly "
+        "max-len - 2 tokens (no padding)."))
+    short_seq_prob: float = option(0.1, help="Share of segment-strategy examples given a random shorter target length.")
+    nsp: bool = option(False, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
 
     def __post_init__(self):
+        check(self)
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or not 8 <= self.max_len <= 4096:
             raise ConfigError(f"--max-len must be an integer in [8, 4096], got {self.max_len!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ConfigError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
         if not isinstance(self.nsp, bool):

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from bertprep.preprocess.cluster import ClusterConfig
 from bertprep.preprocess.masking import MaskConfig, mask_batch
 from bertprep.preprocess.packing import PackConfig, SpecialIds, pack_documents
 from bertprep.preprocess.seeding import STAGE_EXAMPLES, rng_for
@@ -36,6 +37,8 @@ from bertprep.shards.arrow_ipc import ArrowShardWriter
 from bertprep.shards.atomic import environment_errors, remove_stale_temps
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.manifest import read_manifest, write_manifest
+from bertprep.shards.naming import ShardFormat
+from bertprep.shards.options import check, option
 from bertprep.shards.msgpack_zstd import MsgpackShardWriter
 from bertprep.shards.tokenstore import TokenStore, open_token_store
 
@@ -45,68 +48,57 @@ LOCK_NAME = ".bertprep.lock"
 
 @dataclass(frozen=True, kw_only=True)
 class ShardConfig:
-    tokens: Path = Path("tokens")         # --tokens
-    out: Path = Path("shards")            # --out
-    max_len: int = 128                    # --max-len
-    seed: int = 12345                     # --seed
-    strategy: str = "segment"             # --strategy
-    short_seq_prob: float = 0.1           # --short-seq-prob
-    nsp: bool = False                     # --nsp
-    mask_prob: float = 0.15               # --mask-prob
-    max_predictions: int | None = None    # --max-predictions (default round(max_len * mask_prob))
-    whole_word: bool = False              # --whole-word
-    dupe_factor: int = 1                  # --dupe-factor
-    split: str = "0.98,0.01,0.01"         # --split
-    split_seed: int = 0                   # --split-seed: documents' split, kept across --seed and --max-len
-    fmt: str = "arrow"                    # --format
-    examples_per_shard: int = 65536       # --examples-per-shard
-    workers: int = 0                      # --workers (0 = all cores)
-    overwrite: bool = False               # --overwrite
+    """`bertprep shard`: a token store in, shard files out; packing and masking are components."""
+
+    tokens: Path = option(Path("tokens"), help="Token store written by `bertprep tokenize`.")
+    out: Path = option(Path("shards"), help="Directory for the shard files and the run's manifest.")
+    pack: PackConfig = field(default_factory=PackConfig)
+    seed: int = option(12345, help="Seeds document splits, packing and masking.")
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    dupe_factor: int = option(1, help="Write N differently masked copies.")
+    split: str = option("0.98,0.01,0.01", help="Fractions of documents for train,val,test.")
+    split_seed: int = option(0, help=(
+        "Seeds which documents go to val/test; independent of --seed and --max-len, so runs at other lengths or "
+        "seeds from one token store never train on each other's validation documents."))
+    fmt: ShardFormat = option("arrow", flag="--format", help=(
+        "arrow: uncompressed Arrow IPC, memory-mapped by the trainer; msgpack: msgpack records, zstd-compressed."))
+    examples_per_shard: int = option(65536, help="Examples per part file.")
+    workers: int = option(0, help="Worker processes; 0 = all cores. Output is byte-identical for any value.")
+    overwrite: bool = option(False, help="Replace shards of other settings found in --out.")
     progress: bool = True
-    cluster: str | None = None            # --cluster: a Dask scheduler's address, or local:N
-    cluster_timeout: float = 10.0         # --cluster-timeout
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fractions: tuple = field(init=False)
 
     def __post_init__(self):
-        if not 8 <= self.max_len <= 4096:
-            raise ConfigError(f"--max-len must be between 8 and 4096, got {self.max_len}")
+        check(self)
         if self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.split_seed < 0:
             raise ConfigError(f"--split-seed must be a non-negative integer, got {self.split_seed}")
-        if self.strategy not in ("segment", "split"):
-            raise ConfigError(f"--strategy must be segment or split, got {self.strategy!r}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ConfigError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
-        if self.max_predictions is not None and not 1 <= self.max_predictions <= self.max_len:
-            raise ConfigError(f"--max-predictions must be between 1 and --max-len ({self.max_len}), got {self.max_predictions}")
+        if not 1 <= self.predictions <= self.max_len:
+            raise ConfigError(f"--max-predictions must be between 1 and --max-len ({self.max_len}), "
+                              f"got {self.mask.max_predictions}")
         if self.dupe_factor < 1:
             raise ConfigError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
-        if self.fmt not in naming.SUFFIXES:
-            raise ConfigError(f"--format must be arrow or msgpack, got {self.fmt!r}")
         if self.examples_per_shard < 1:
             raise ConfigError(f"--examples-per-shard must be >= 1, got {self.examples_per_shard}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if not self.cluster_timeout > 0:
-            raise ConfigError(f"--cluster-timeout must be > 0, got {self.cluster_timeout}")
-        if self.cluster is not None:
-            from bertprep.preprocess.cluster import check_address  # imports no Dask
-
-            check_address(self.cluster)
         object.__setattr__(self, "fractions", parse_split(self.split))
 
     @property
+    def max_len(self) -> int:  # the file-name grammar's and the manifest's (read in many places here)
+        return self.pack.max_len
+
+    @property
     def predictions(self) -> int:
-        return self.max_predictions or max(1, int(round(self.max_len * self.mask_prob)))
+        return self.mask.slots(self.pack.max_len)
 
     def options(self) -> dict:
         """The settings that define the bytes of a run (not where or how fast it runs)."""
-        return {"max_len": self.max_len, "seed": self.seed, "strategy": self.strategy,
-                "short_seq_prob": self.short_seq_prob, "nsp": self.nsp, "mask_prob": self.mask_prob,
-                "max_predictions": self.predictions, "whole_word": self.whole_word,
+        return {"max_len": self.max_len, "seed": self.seed, "strategy": self.pack.strategy,
+                "short_seq_prob": self.pack.short_seq_prob, "nsp": self.pack.nsp, "mask_prob": self.mask.mask_prob,
+                "max_predictions": self.predictions, "whole_word": self.mask.whole_word,
                 "dupe_factor": self.dupe_factor, "split": list(self.fractions), "split_seed": self.split_seed,
                 "format": self.fmt,
                 "examples_per_shard": self.examples_per_shard}
@@ -333,15 +325,14 @@ def plan_run(cfg: ShardConfig, verify: bool) -> RunPlan:
     is_special, is_cont = vocab_tables(vocab)
     sp = tok_meta["special_ids"]
     special = SpecialIds(pad=sp["pad"], unk=sp["unk"], cls=sp["cls"], sep=sp["sep"], mask=sp["mask"])
-    pack = PackConfig(max_len=cfg.max_len, strategy=cfg.strategy, short_seq_prob=cfg.short_seq_prob, nsp=cfg.nsp)
-    mask = MaskConfig(max_predictions=cfg.predictions, mask_prob=cfg.mask_prob, whole_word=cfg.whole_word)
+    pack, mask = cfg.pack, dataclasses.replace(cfg.mask, max_predictions=cfg.predictions)
     settings = dict(pack=pack, mask=mask, special=special, is_special=is_special, is_cont=is_cont)
     run = {"options": cfg.options(), "tokens": {"label": label, "files": store.manifest["files"],
                                                 "tokenizer_sha256": tok_meta["sha256"]}}
     meta = {"format": schema.FORMAT_NAME, "format_version": schema.FORMAT_VERSION, "max_len": cfg.max_len,
-            "max_predictions": cfg.predictions, "seed": cfg.seed, "strategy": cfg.strategy,
-            "mask_prob": cfg.mask_prob, "whole_word": cfg.whole_word, "nsp": cfg.nsp,
-            "short_seq_prob": cfg.short_seq_prob, "dupe_factor": cfg.dupe_factor,
+            "max_predictions": cfg.predictions, "seed": cfg.seed, "strategy": pack.strategy,
+            "mask_prob": mask.mask_prob, "whole_word": mask.whole_word, "nsp": pack.nsp,
+            "short_seq_prob": pack.short_seq_prob, "dupe_factor": cfg.dupe_factor,
             "vocab_size": tok_meta["vocab_size"], "id_dtype": schema.id_dtype(tok_meta["vocab_size"]).name,
             "special_ids": sp, "tokenizer_sha256": tok_meta["sha256"], "label": label}
     doc_tokens = store.sent_offsets[store.doc_offsets[1:]] - store.sent_offsets[store.doc_offsets[:-1]]
@@ -359,7 +350,7 @@ def _run_shard(cfg: ShardConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     with _lock(cfg.out):
         _prepare_out(cfg, plan.label, plan.run)
-        if cfg.cluster:
+        if cfg.cluster.address:
             from bertprep.preprocess.sharding_cluster import shard_on_cluster
 
             files, sums, chunks, where = shard_on_cluster(cfg, plan)
@@ -418,7 +409,7 @@ def _shard_here(cfg: ShardConfig, plan: RunPlan) -> tuple[list[dict], dict, int]
             try:
                 for (chunk, *_), columns in zip(tasks, _ordered_results(tasks, workers, cfg.tokens)):
                     writer.write(columns)
-                    for k, v in chunk_stats(columns, cfg.nsp).items():
+                    for k, v in chunk_stats(columns, cfg.pack.nsp).items():
                         s[k] += v
                     bar.update(int(plan.doc_tokens[chunk].sum()))
                 files += writer.close()

@@ -90,7 +90,7 @@ def shard_chunks(job: ShardJob, task: tuple) -> dict:
         for split_index, dupe, ci, lo, hi in chunks:
             columns = chunk_columns(plan.store, docs[lo:hi], docs, (cfg.seed, STAGE_EXAMPLES, split_index, ci, dupe),
                                     plan.settings)
-            for k, v in chunk_stats(columns, cfg.nsp).items():
+            for k, v in chunk_stats(columns, cfg.pack.nsp).items():
                 sums[k] += v
             rows.append(len(columns["length"]))
             tokens += int(plan.doc_tokens[docs[lo:hi]].sum())
@@ -206,7 +206,7 @@ def shard_on_cluster(cfg: ShardConfig, plan: RunPlan) -> tuple[list[dict], dict,
                     (out / piece).unlink(missing_ok=True)
 
     try:
-        with cluster.open_session(cfg.cluster, cfg.cluster_timeout, out) as session:
+        with cluster.open_session(cfg.cluster.address, cfg.cluster.timeout, out) as session:
             session.check_workers(files=[tokens / n for n in DATA_FILES + TOKENIZER_FILES + (MANIFEST,)],
                                   shared_dir=out)
             job = ShardJob(cfg=dataclasses.replace(cfg, out=out, tokens=tokens),

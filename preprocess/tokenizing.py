@@ -31,12 +31,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
-from bertprep.preprocess.corpus import (DOC_BREAK, FORMATS, ReadStats, Span, check_input, detect_format, plan_spans,
+from bertprep.preprocess.corpus import (DOC_BREAK, InputFormat, ReadStats, Span, check_input, detect_format, plan_spans,
                                         read_corpus)
+from bertprep.preprocess.cluster import ClusterConfig
 from bertprep.preprocess.reference import ReferenceEncoder
 from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, save_tokenizer,
                                        special_ids, train_tokenizer)
@@ -44,45 +45,45 @@ from bertprep.shards import tokenstore
 from bertprep.shards.atomic import environment_errors, remove_stale_temps, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
+from bertprep.shards.options import check, option
 
 BATCH_CHARS = 1 << 21
-BACKENDS = ("native", "tokenizers")
 APPEND_SENTENCES = 1 << 20  # a piece is appended to the store this many sentences at a time
 Chunk = tuple  # (path, format, span): one span of one input, what a cluster task tokenizes
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizeConfig:
+    """`bertprep tokenize`: corpus files in, a token store out."""
+
     inputs: tuple[Path, ...]
-    out: Path = Path("tokens")
-    fmt: str = "auto"                 # --format
+    out: Path = option(Path("tokens"), help="Directory of the token store to write.")
+    fmt: InputFormat = option("auto", flag="--format", help=(
+        "Input layout; auto = by suffix (.jsonl, .parquet), WikiText when ' = Title = ' headings appear, else plain "
+        "text (a paragraph per line, blank line between documents)."))
     vocab: VocabConfig = field(default_factory=VocabConfig)
-    label: str | None = None          # --label (default: first dotted part of the first input's name)
-    workers: int = 0                  # --workers; 0 = all cores
-    backend: str = "native"           # --backend: native (C, falls back to tokenizers) or tokenizers
-    overwrite: bool = False           # --overwrite
+    label: str | None = option(None, help=(
+        "Name of this corpus in shard file names [default: first dotted part of the first input's name, e.g. "
+        "'wiki' for wiki.train.tokens]."))
+    workers: int = option(0, help="Encoder threads; 0 = all cores.")
+    backend: Literal["native", "tokenizers"] = option("native", help=(
+        "native: BERT WordPiece in C, the same ids as tokenizers, several times faster (used when the tokenizer is "
+        "BERT's pipeline, else tokenizers); tokenizers: HuggingFace tokenizers, the reference."))
+    overwrite: bool = option(False, help="Replace a token store of a different run in --out.")
     progress: bool = True             # progress bar on a terminal
-    chunk_mb: float = 64.0            # --chunk-mb: span size; the output is the same for any value
-    cluster: str | None = None        # --cluster: a Dask scheduler's address, or local:N
-    cluster_timeout: float = 10.0     # --cluster-timeout: seconds to wait for the scheduler and a worker
+    chunk_mb: float = option(64.0, help=(
+        "Inputs are cut into spans of about this size at document boundaries (a compressed file is one span): the "
+        "unit of work on a --cluster. The output is the same for any value."))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
+        check(self)
         if not self.inputs:
             raise ConfigError("name at least one corpus file")
         if not self.chunk_mb > 0:
             raise ConfigError(f"--chunk-mb must be > 0, got {self.chunk_mb}")
-        if not self.cluster_timeout > 0:
-            raise ConfigError(f"--cluster-timeout must be > 0, got {self.cluster_timeout}")
-        if self.cluster is not None:
-            from bertprep.preprocess.cluster import check_address  # imports no Dask
-
-            check_address(self.cluster)
-        if self.fmt not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.label is not None:
             check_label(self.label)
 
@@ -266,7 +267,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
 
     with contextlib.ExitStack() as stack:
         # A cluster is reached and checked first: a wrong address fails in seconds, not after the vocab.
-        session = _open_cluster(cfg, stack) if cfg.cluster else None
+        session = _open_cluster(cfg, stack) if cfg.cluster.address else None
         tok, source = _load_or_train(cfg, resolved, total_bytes)
         specials = special_ids(tok, source)
         tok_sha = save_tokenizer(tok, cfg.out)
@@ -383,7 +384,7 @@ def _open_cluster(cfg: TokenizeConfig, stack: contextlib.ExitStack):
     from bertprep.preprocess import cluster
 
     out = Path(os.path.abspath(cfg.out))
-    session = stack.enter_context(cluster.open_session(cfg.cluster, cfg.cluster_timeout, out))
+    session = stack.enter_context(cluster.open_session(cfg.cluster.address, cfg.cluster.timeout, out))
     session.check_workers(files=[Path(os.path.abspath(p)) for p in cfg.inputs], shared_dir=out)
     return session
 

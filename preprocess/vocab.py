@@ -15,16 +15,21 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from bertprep.shards.atomic import atomic_write, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.options import option
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 @dataclass(frozen=True, kw_only=True)
 class VocabConfig:
-    vocab: Path | None = None       # --vocab: a BERT vocab.txt
-    tokenizer: Path | None = None   # --tokenizer: a tokenizers JSON file
-    vocab_size: int = 30522         # --vocab-size, when training
-    lowercase: bool = True          # --lowercase/--cased (uncased also strips accents, as BERT uncased)
+    """The tokenizer to load, or how to train one."""
+
+    vocab: Path | None = option(None, help="Use this BERT vocab.txt instead of training one.")
+    tokenizer: Path | None = option(None, help="Use this tokenizers JSON file (its own normalization applies) "
+                                    "instead of training one.")
+    vocab_size: int = option(30522, help="Size of the vocab to train.")
+    lowercase: bool = option(True, negative="--cased",
+                             help="Uncased (lower-case, accents stripped, as BERT uncased) or cased text.")
     min_frequency: int = 2          # a word piece must occur this often to be learned
 
     def __post_init__(self):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.options import option
 from bertprep.trainer.metrics import METRICS_FILE
 
 # panel name -> (title, [(record key, legend text, style)], log y axis). A panel is drawn when
@@ -205,9 +206,11 @@ def figure_bytes(fig, fmt: str = "png", dpi: int = 100) -> bytes:
 @dataclass(frozen=True, kw_only=True)
 class PlotConfig:
     runs: tuple[str, ...]               # RUN_DIR...
-    out: str = "curves.png"             # -o: .png, .svg or .pdf
-    metrics: tuple[str, ...] = ()       # --metric: panels to draw (default: every recorded one)
-    dpi: int = 100                      # --dpi
+    out: str = option("curves.png", short="-o", help="Image to write: .png, .svg or .pdf.")
+    metrics: tuple[str, ...] = option((), flag="--metric", help=(
+        "A panel to draw (repeatable): loss, val_mlm_acc, val_ppl, val_nsp_acc, val_acc, val_mae, lr, tokens_per_s "
+        "or any key of metrics.jsonl [default: every recorded one of these]."))
+    dpi: int = option(100, help="Resolution of a .png, in dots per inch.")
 
     def __post_init__(self):
         if not self.runs:

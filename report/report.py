@@ -30,12 +30,13 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import BertprepError, ConfigError, InputError
+from bertprep.shards.options import option
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.report import page
 from bertprep.trainer.artifacts import find_tokenizer
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.dist import Dist
 from bertprep.trainer.evaluation import default_val_shards, to_device, val_stream, validate
 from bertprep.trainer.model import Bert
@@ -48,11 +49,13 @@ PREDICTIONS_FILE = "predictions.jsonl"  # written by `bertprep finetune` where i
 @dataclass(frozen=True, kw_only=True)
 class ReportConfig:
     run: str                             # RUN_DIR
-    out: str = "report.html"             # -o
-    examples: int = 8                    # -n: validation sentences shown (fine-tuning: worst errors)
-    val: tuple[str, ...] = ()            # --val: validation shards / labelled file instead of the run's own
-    val_batches: int = 20                # --val-batches: batches for the final figures
-    batch_size: int = 32                 # --batch-size
+    out: str = option("report.html", short="-o", help="HTML file to write.")
+    examples: int = option(8, flag="-n", help="Validation sentences to show (fine-tuning: worst errors).")
+    val: tuple[str, ...] = option((), help=(
+        "Validation data instead of the run's own: val shard files for a pretraining run, a labelled file for a "
+        "fine-tuning run (repeatable)."))
+    val_batches: int = option(20, help="Batches for the final figures.")
+    batch_size: int = option(32, help="Examples per batch for the final figures.")
 
     def __post_init__(self):
         if not 0 <= self.examples <= 1000:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from bertprep.shards.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 SUFFIXES = {"arrow": ".arrow", "msgpack": ".msgpack.zst"}
+ShardFormat = Literal[tuple(SUFFIXES)]  # `bertprep shard --format`
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 SHARD_RE = re.compile(
     r"^(?P<split>train|val|test)_(?P<label>[A-Za-z0-9][A-Za-z0-9-]*)_(?P<max_len>\d+)_(?P<seed>\d+)"

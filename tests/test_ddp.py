@@ -16,7 +16,7 @@ import pytest
 
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import train_config
 from bertprep.trainer.run import train
 from bertprep.trainer.synthetic import write_synthetic_shards
 
@@ -98,7 +98,7 @@ def test_another_world_size_cannot_resume(uneven, ddp_run, tmp_path):
     out = tmp_path / "single"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt_io.newest(ddp_run), out / "checkpoints")
-    cfg = TrainConfig(shards=tuple(map(str, sorted(uneven.glob("train_*")))), out=str(out), resume=True,
+    cfg = train_config(shards=tuple(map(str, sorted(uneven.glob("train_*")))), out=str(out), resume=True,
                       batch_size=8, seed=11, max_steps=STEPS + 2, model="tiny", hidden=32, heads=2, ffn=64,
                       quiet=True, tensorboard=False)
     with pytest.raises(ConfigError, match="world_size=2 but this run has 1"):

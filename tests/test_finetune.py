@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertprep.shards.reader import open_shard
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import train_config
 from bertprep.finetune.tune import collate, encoding_tokenizer, load_classifier
 from bertprep.trainer.interchange import load_pretrained
 from bertprep.trainer.loop import train
@@ -24,7 +24,7 @@ def pretrain(shards, out, steps, **kw):
     # A position table of the shards' length (not the default 512): the initial weights these tests
     # were tuned with (the table's size shifts the random draws of every weight after it).
     kw.setdefault("max_position", open_shard(sorted(shards)[0]).meta["max_len"])
-    cfg = TrainConfig(shards=tuple(map(str, shards)), model="tiny", layers=2, hidden=64, heads=2, ffn=256,
+    cfg = train_config(shards=tuple(map(str, shards)), model="tiny", layers=2, hidden=64, heads=2, ffn=256,
                       max_steps=steps, batch_size=32, lr=kw.pop("lr", 1e-3), warmup_steps=10, dropout=0.0,
                       val_interval=0, log_interval=max(steps // 2, 1), ckpt_interval=steps, out=str(out),
                       tensorboard=False, quiet=True, **kw)

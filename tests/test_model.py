@@ -11,8 +11,8 @@ import torch
 
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer import hf
-from bertprep.trainer.config import PRESETS, ModelConfig, TrainConfig, model_shape
-from bertprep.trainer.model import IGNORE, Bert, mlm_targets, pretraining_loss
+from bertprep.trainer.config import PRESETS, model_shape, train_config
+from bertprep.trainer.model import IGNORE, Bert, ModelConfig, mlm_targets, pretraining_loss
 from bertprep.trainer.optim import lr_factor, param_groups
 
 V, T, P = 50, 16, 4
@@ -128,13 +128,13 @@ def test_presets_are_the_papers_shapes():
 
 def test_config_errors_name_the_flag():
     with pytest.raises(ConfigError, match="--shards"):
-        TrainConfig()
+        train_config()
     with pytest.raises(ConfigError, match="--min-lr"):
-        TrainConfig(shards=("x",), lr=1e-4, min_lr=1.0)
+        train_config(shards=("x",), lr=1e-4, min_lr=1.0)
     with pytest.raises(ConfigError, match="--decay"):
-        TrainConfig(shards=("x",), decay="step")
+        train_config(shards=("x",), decay="step")
     with pytest.raises(ConfigError, match="--batch-size"):
-        TrainConfig(shards=("x",), batch_size=0)
+        train_config(shards=("x",), batch_size=0)
 
 
 def test_no_weight_decay_on_biases_and_layernorm():

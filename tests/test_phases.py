@@ -28,7 +28,7 @@ from bertprep.shards.errors import ConfigError
 from bertprep.shards.reader import open_shard
 from bertprep.trainer import artifacts
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import TrainConfig, train_config
 from bertprep.trainer.optim import lr_factor
 from bertprep.trainer.run import evaluate, main, parse_config, train
 from bertprep.trainer.synthetic import write_synthetic_shards
@@ -57,7 +57,7 @@ def files(folder: Path, split: str = "train") -> tuple[str, ...]:
 def make_cfg(folder: Path, out: Path, **kw) -> TrainConfig:
     base = dict(shards=files(folder), out=str(out), batch_size=16, lr=2e-3, warmup_steps=6, log_interval=10,
                 val_interval=0, val_examples=0, ckpt_interval=1000, seed=3, quiet=True, tensorboard=False, **SHAPE)
-    return TrainConfig(**(base | kw))
+    return train_config(**(base | kw))
 
 
 def records(run: Path) -> list[dict]:
@@ -163,10 +163,10 @@ def test_keep_optimizer_carries_adamw_and_the_schedule(tmp_path):
     b = write_synthetic_shards(tmp_path / "b", rows=[96], max_len=48)
     kw = dict(batch_size=8, lr=1e-3, warmup_steps=4, log_interval=1, val_interval=0, quiet=True, tensorboard=False,
               model="tiny", layers=1, hidden=32, heads=2, ffn=64)
-    train(TrainConfig(shards=tuple(map(str, a)), out=str(tmp_path / "p1"), max_steps=10, **kw))
+    train(train_config(shards=tuple(map(str, a)), out=str(tmp_path / "p1"), max_steps=10, **kw))
     for keep in (True, False):
         out = tmp_path / f"p2-{keep}"
-        train(TrainConfig(shards=tuple(map(str, b)), out=str(out), init_from=str(tmp_path / "p1"), max_steps=20,
+        train(train_config(shards=tuple(map(str, b)), out=str(out), init_from=str(tmp_path / "p1"), max_steps=20,
                           keep_optimizer=keep, **kw))
         ck = ckpt_io.load(ckpt_io.newest(out))
         lr11 = next(r["lr"] for r in records(out) if r.get("step") == 11 and "loss" in r)
@@ -183,8 +183,8 @@ def test_position_tables_too_short_are_refused(tmp_path, capsys):
     long = write_synthetic_shards(tmp_path / "l", rows=[64], max_len=48)
     kw = dict(batch_size=8, max_steps=2, val_interval=0, quiet=True, tensorboard=False, model="tiny", hidden=32)
     with pytest.raises(ConfigError, match="--max-position 16 is shorter than the shards' 32-token examples"):
-        train(TrainConfig(shards=tuple(map(str, short)), out=str(tmp_path / "a"), max_position=16, **kw))
-    train(TrainConfig(shards=tuple(map(str, short)), out=str(tmp_path / "b"), max_position=32, **kw))
+        train(train_config(shards=tuple(map(str, short)), out=str(tmp_path / "a"), max_position=16, **kw))
+    train(train_config(shards=tuple(map(str, short)), out=str(tmp_path / "b"), max_position=32, **kw))
     code = main(["--shards", *map(str, long), "--init-from", str(tmp_path / "b"), "--max-steps", "4", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
@@ -197,7 +197,7 @@ def test_pre_ln_trains_at_3e_4_without_warm_up(lengths, tmp_path):
                         "--heads", "2", "--ffn", "256", "--dropout", "0", "--max-steps", "60", "--batch-size", "16",
                         "--log-interval", "10", "--val-interval", "0", "--out", str(out), "--quiet",
                         "--no-tensorboard"])
-    assert (cfg.norm, cfg.lr, cfg.warmup_steps, cfg.decay, cfg.recipe) == ("pre", 3e-4, 0, "linear", "pre-ln")
+    assert (cfg.model.norm, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.recipe) == ("pre", 3e-4, 0, "linear", "pre-ln")
     train(cfg)
     curve = {r["step"]: r for r in records(out) if "loss" in r}
     assert all(math.isfinite(r["loss"]) for r in curve.values())

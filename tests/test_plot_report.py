@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from bertprep.shards.reader import open_shards
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import train_config
 from bertprep.trainer.loop import train
 from conftest import DATA, run_cli
 
@@ -33,7 +33,7 @@ Image = pytest.importorskip("PIL.Image", reason="Pillow (a matplotlib dependency
 
 
 def pretrain(shards, out, lr):
-    train(TrainConfig(shards=tuple(map(str, shards)), model="tiny", layers=2, hidden=64, heads=2, ffn=256,
+    train(train_config(shards=tuple(map(str, shards)), model="tiny", layers=2, hidden=64, heads=2, ffn=256,
                       max_steps=30, batch_size=16, lr=lr, warmup_steps=5, dropout=0.0, val_interval=10,
                       val_batches=2, val_examples=0, log_interval=5, ckpt_interval=30, out=str(out),
                       tensorboard=False, quiet=True))

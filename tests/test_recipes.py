@@ -45,19 +45,19 @@ def test_shipped_recipes_hold_the_papers_settings():
 def test_recipe_lies_beneath_config_and_flags_and_follows_the_phase(tmp_path):
     shards = ["shards-128/train_wiki_128_1_00000.arrow"]  # parsing only: not opened
     cfg = parse_config(["--recipe", "bert-base", "--shards", *shards])
-    assert (cfg.recipe, cfg.model, cfg.lr, cfg.warmup_steps, cfg.batch_size, cfg.max_steps, cfg.max_position,
-            cfg.eps) == ("bert-base", "base", 1e-4, 10000, 256, 900_000, 512, 1e-6)
+    assert (cfg.recipe, cfg.model.preset, cfg.optim.lr, cfg.optim.warmup_steps, cfg.loop.batch_size, cfg.loop.max_steps,
+            cfg.model.max_position, cfg.optim.eps) == ("bert-base", "base", 1e-4, 10000, 256, 900_000, 512, 1e-6)
     toml = tmp_path / "run.toml"
     toml.write_text('lr = 5e-5\nwarmup-steps = 100\n')
     cfg = parse_config(["--recipe", "bert-base", "--config", str(toml), "--warmup-steps", "7", "--shards", *shards])
-    assert (cfg.lr, cfg.warmup_steps, cfg.batch_size) == (5e-5, 7, 256)  # file over recipe, flag over file
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.loop.batch_size) == (5e-5, 7, 256)  # file over recipe, flag over file
     toml.write_text('recipe = "pre-ln"\n')  # a recipe named in --config
-    assert parse_config(["--config", str(toml), "--shards", *shards]).norm == "pre"
+    assert parse_config(["--config", str(toml), "--shards", *shards]).model.norm == "pre"
     # After --init-from RUN, the phase after RUN's: bert-base's phase 2 ends at step 1M.
     (tmp_path / "p1").mkdir()
     (tmp_path / "p1" / "config.json").write_text(json.dumps({"phase": {"index": 1, "name": "phase1-128"}}))
     cfg = parse_config(["--recipe", "bert-base", "--init-from", str(tmp_path / "p1"), "--shards", *shards])
-    assert cfg.max_steps == 1_000_000 and cfg.init_from == str(tmp_path / "p1")
+    assert cfg.loop.max_steps == 1_000_000 and cfg.checkpoint.init_from == str(tmp_path / "p1")
 
 
 def test_bad_recipes_are_one_line_and_exit_2(tmp_path, capsys):

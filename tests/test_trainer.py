@@ -22,7 +22,7 @@ import torch
 from bertprep.shards.errors import ConfigError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import loop
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import TrainConfig, train_config
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.run import evaluate, main, parse_config, train
 from bertprep.trainer.synthetic import write_synthetic_shards
@@ -61,7 +61,7 @@ def make_cfg(folder: Path, out: Path, **kw) -> TrainConfig:
     base = dict(shards=tuple(str(p) for p in sorted(folder.glob("train_*.arrow"))), out=str(out), batch_size=8,
                 max_steps=12, lr=3e-3, warmup_steps=2, log_interval=1, val_interval=0, ckpt_interval=100,
                 seed=7, quiet=True, tensorboard=False, **SMALL)
-    return TrainConfig(**(base | kw))
+    return train_config(**(base | kw))
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -199,7 +199,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(syn, tmp_path,
         train(cfg)
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run")][-1] == "step_00000004.pt"
     calls["n"] = 0
-    code = main(["--shards", *cfg.shards, "--out", str(tmp_path / "run2"), "--model", "tiny", "--hidden", "32",
+    code = main(["--shards", *cfg.data.shards, "--out", str(tmp_path / "run2"), "--model", "tiny", "--hidden", "32",
                  "--batch-size", "8", "--max-steps", "8", "--quiet", "--no-tensorboard"])
     assert code == 3 and capsys.readouterr().err.startswith("error: loss is nan")
 
@@ -246,8 +246,8 @@ def test_config_file_sets_flags_and_the_command_line_wins(syn, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'shards = ["{syn}/train_*.arrow"]\nlr = 0.5\nmax-steps = 7\nmodel = "mini"\ndecay = "cosine"\n')
     cfg = parse_config(["--config", str(toml), "--lr", "0.25"])
-    assert cfg.lr == 0.25 and cfg.max_steps == 7 and cfg.model == "mini" and cfg.decay == "cosine"
-    assert len(cfg.shards) == 3
+    assert cfg.optim.lr == 0.25 and cfg.loop.max_steps == 7 and cfg.model.preset == "mini" and cfg.optim.decay == "cosine"
+    assert len(cfg.data.shards) == 3
     toml.write_text("learning_rate = 1\n")
     with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
         parse_config(["--config", str(toml)])

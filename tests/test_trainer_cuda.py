@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bertprep.shards.reader import open_shards
-from bertprep.trainer.config import TrainConfig
+from bertprep.trainer.config import train_config
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.run import train
 from bertprep.trainer.stream import ShardStream, StreamConfig
@@ -34,7 +34,7 @@ def test_cuda_prefetcher_matches_the_stream(tmp_path):
 
 def test_bf16_training_on_cuda(tmp_path):
     write_synthetic_shards(tmp_path / "s", rows=[256, 256], nsp=True)
-    cfg = TrainConfig(shards=tuple(map(str, sorted((tmp_path / "s").glob("train_*")))), out=str(tmp_path / "run"),
+    cfg = train_config(shards=tuple(map(str, sorted((tmp_path / "s").glob("train_*")))), out=str(tmp_path / "run"),
                       model="tiny", batch_size=16, max_steps=20, warmup_steps=2, lr=1e-3, log_interval=5,
                       val_interval=0, quiet=True, tensorboard=False)
     summary = train(cfg)

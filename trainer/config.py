@@ -1,16 +1,34 @@
-"""The trainer's configuration: one frozen, keyword-only dataclass per component, checked on creation.
+"""The trainer's configuration: `TrainConfig`, composed of one frozen, keyword-only config per component.
 
-`ModelConfig` is the encoder's shape (vocab size, length and special ids come from the shards'
-metadata, never from flags); `TrainConfig` is everything `trainer/run.py` accepts, one field per
-flag. Every `__post_init__` raises `ConfigError` naming the flag, so a bad value is one clear line.
+| part         | class              | defined in          | what it sets                                   |
+|--------------|--------------------|---------------------|------------------------------------------------|
+| `data`       | `DataConfig`       | trainer/stream.py   | the shards, their check, the host-side ring    |
+| `model`      | `ShapeConfig`      | here                | a size preset and overrides, dropout, norm     |
+| `loop`       | `LoopConfig`       | here                | steps, time, batch, precision, device, cadence |
+| `optim`      | `OptimConfig`      | trainer/optim.py    | AdamW and the learning-rate schedule           |
+| `checkpoint` | `CheckpointConfig` | here                | the run directory, resume, --init-from phases  |
+
+Every field that is a flag says so with `option(default, help=...)` (shards/options.py): the
+trainer's command line (trainer/run.py), `--config` TOML keys and recipe keys are derived from
+the fields, and stay flat: `--lr` and `lr = 1e-4` set `cfg.optim.lr`. `train_config(lr=...)`
+builds one from flat keys, as the command line does.
+
+`ModelConfig`, the network's exact shape (vocab size, length and special ids come from the
+shards, never from flags), is in trainer/model.py. `ShapeConfig`, `LoopConfig` and
+`CheckpointConfig` are here, not beside model.py, loop.py and checkpoint.py, because those import
+torch and this module must not: `bertprep recipe` reads it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+from bertprep.shards import options
 from bertprep.shards.errors import ConfigError
+from bertprep.shards.options import check, option
+from bertprep.trainer.optim import OptimConfig
+from bertprep.trainer.stream import DataConfig
 
 # name -> (layers, hidden, heads, ffn): the BERT paper's base/large and Google's small BERTs.
 PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -21,41 +39,8 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
-NORMS = ("post", "pre")
-DECAYS = ("linear", "cosine")
-SCHEDULES = ("steps", "time")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    vocab_size: int
-    max_len: int                 # positions in the table (--max-position); shards up to this length fit
-    layers: int = 2
-    hidden: int = 128
-    heads: int = 2
-    ffn: int = 512
-    dropout: float = 0.1         # embeddings, attention probabilities, residual branches
-    norm: str = "post"           # "post" (BERT) or "pre" (+ a final LayerNorm; no HF counterpart)
-    nsp: bool = False            # build the pooler and the next-sentence head
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    init_std: float = 0.02
-
-    def __post_init__(self):
-        for name in ("vocab_size", "max_len", "layers", "hidden", "heads", "ffn"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden % self.heads:
-            raise ConfigError(f"--hidden ({self.hidden}) must be a multiple of --heads ({self.heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.norm not in NORMS:
-            raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+Preset = Literal[tuple(PRESETS)]
+Norm = Literal["post", "pre"]
 
 
 def model_shape(preset: str, layers=None, hidden=None, heads=None, ffn=None) -> dict:
@@ -72,109 +57,119 @@ def model_shape(preset: str, layers=None, hidden=None, heads=None, ffn=None) -> 
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    # data
-    shards: tuple[str, ...] = ()             # --shards: training shard files
-    val_shards: tuple[str, ...] | None = None  # --val-shards; None: the val_ files beside the train shards
-    vocab: str | None = None                 # --vocab: vocab.txt for decoded examples (default: found beside the shards)
-    verify_shards: bool = True               # --verify-shards: checksums and value ranges before training
-    # model
-    model: str = "base"                      # --model preset
-    layers: int | None = None
-    hidden: int | None = None
-    heads: int | None = None
-    ffn: int | None = None
-    dropout: float = 0.1
-    norm: str = "post"
-    max_position: int | None = None          # --max-position: position table size; None: 512, or the shards' length if longer
-    # where the weights start (default: fresh); see trainer/phases.py
-    init_from: str | None = None             # --init-from RUN: a new phase from a finished run's weights
-    init_from_hf: str | None = None          # --init-from-hf DIR: a HuggingFace BERT directory's weights
-    keep_optimizer: bool = False             # --keep-optimizer: with --init-from, carry AdamW's moments and the schedule
-    recipe: str | None = None                # --recipe: recorded here; run.py applies its settings beneath the flags
-    # optimisation (defaults: the BERT paper's pretraining)
-    max_steps: int = 1_000_000
-    max_time: float = 0.0                    # --max-time minutes of training (validation excluded); 0: none
-    batch_size: int = 32                     # per rank, per micro-step
-    grad_accum: int = 1
-    seed: int = 1234
-    lr: float = 1e-4
-    min_lr: float = 0.0
-    warmup_steps: int = 10_000
-    decay: str = "linear"
-    schedule: str = "steps"                  # --schedule: the decay ends at --max-steps, or (time) at --max-time
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6
-    clip: float = 1.0                        # 0 turns clipping off
-    precision: str = "auto"                  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
-    device: str = "auto"
-    dist_timeout: float = 600.0              # --dist-timeout: seconds a collective waits for the other ranks
-    # cadence and output
-    log_interval: int = 100
-    val_interval: int = 1000                 # 0: no validation during training
-    val_minutes: float = 0.0                 # >0: also validate every M minutes of training time
-    val_batches: int = 50                    # batches per rank per validation
-    val_examples: int = 3                    # decoded examples printed per validation
-    ckpt_interval: int = 1000
-    max_checkpoints: int = 3
-    out: str | None = None                   # run directory; default runs/<label>-<model>
-    resume: bool = False
-    overfit_batches: int = 0                 # >0: train on the same N batches forever
-    prefetch: int = 4                        # pinned host buffers in the ring
-    tensorboard: bool = True
-    trace_data: bool = False                 # debugging: write the rows each rank reads to out/trace/
-    quiet: bool = False
+class ShapeConfig:
+    """model: the encoder's size and form (trainer/phases.py turns it into a ModelConfig)"""
+
+    preset: Preset = option("base", flag="--model", help="size preset: layers/hidden of the BERT paper and "
+                            "Google's small BERTs")
+    layers: int | None = option(None, help="encoder layers (overrides the preset)")
+    hidden: int | None = option(None, help="hidden width (overrides the preset)")
+    heads: int | None = option(None, help="attention heads (default: hidden/64 with --hidden, else the preset's)")
+    ffn: int | None = option(None, help="feed-forward width (default: 4 x hidden)")
+    dropout: float = option(0.1, help="dropout on embeddings, attention and residual branches")
+    norm: Norm = option("post", help="post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)")
+    max_position: int | None = option(None, help="positions in the model's table, the longest shards it will "
+                                      "take (default: 512, or the shards' length when longer)")
 
     def __post_init__(self):
-        if not self.shards:
-            raise ConfigError("--shards: give at least one training shard file")
-        model_shape(self.model, self.layers, self.hidden, self.heads, self.ffn)
-        positive = ("max_steps", "batch_size", "grad_accum", "log_interval", "ckpt_interval",
-                    "max_checkpoints", "prefetch", "val_batches")
-        for name in positive:
+        check(self)  # the exact shape is checked by ModelConfig, once the shards' length and vocab are known
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.max_position is not None and self.max_position < 1:
+            raise ConfigError(f"--max-position must be >= 1, got {self.max_position}")
+
+    def shape(self) -> dict:
+        return model_shape(self.preset, self.layers, self.hidden, self.heads, self.ffn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """loop: how long, how big, on what, and how often to log and validate (trainer/loop.py)"""
+
+    max_steps: int = option(1_000_000, help="optimizer steps to train for")
+    max_time: float = option(0.0, help="minutes of training (validation and checkpoints excluded) after which "
+                             "the run validates, checkpoints and stops (0: no limit)")
+    batch_size: int = option(32, help="examples per rank per micro-step")
+    grad_accum: int = option(1, help="micro-steps per optimizer step")
+    seed: int = option(1234, help="seed of the weights, dropout and data order")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = option(False, help="torch.compile the model")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", help="auto: CUDA when available")
+    dist_timeout: float = option(600.0, help="seconds a collective waits for the other ranks before this rank "
+                                 "gives up (a hung rank; torchrun stops the others at once when one dies)")
+    log_interval: int = option(100, help="steps between log lines and metrics.jsonl records")
+    val_interval: int = option(1000, help="steps between validations (0: none)")
+    val_minutes: float = option(0.0, help="also validate every M minutes of training time (0: off)")
+    val_batches: int = option(50, help="validation batches per rank")
+    val_examples: int = option(3, help="decoded validation examples shown per validation")
+    overfit_batches: int = option(0, help="train on the same N batches (a debugging check: the loss should "
+                                  "reach ~0)")
+    tensorboard: bool = option(True, help="write TensorBoard events (when the tensorboard package is installed)")
+    quiet: bool = option(False, help="no progress lines on stderr")
+
+    def __post_init__(self):
+        check(self)
+        for name in ("max_steps", "batch_size", "grad_accum", "log_interval", "val_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "val_interval", "overfit_batches", "val_examples"):
+        for name in ("val_interval", "overfit_batches", "val_examples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("max_time", "val_minutes"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not 0 < self.dist_timeout < float("inf"):
             raise ConfigError(f"--dist-timeout must be a number of seconds > 0, got {self.dist_timeout}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"--min-lr must be in [0, --lr={self.lr}], got {self.min_lr}")
-        if self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
-            raise ConfigError("--weight-decay and --clip must be >= 0 and --eps > 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"--beta1/--beta2 must be in [0, 1), got {self.beta1}/{self.beta2}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.max_position is not None and self.max_position < 1:
-            raise ConfigError(f"--max-position must be >= 1, got {self.max_position}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """checkpoint: where the run is kept and where its weights start (trainer/checkpoint.py, phases.py)"""
+
+    ckpt_interval: int = option(1000, help="steps between checkpoints (one is also written at the end)")
+    max_checkpoints: int = option(3, help="keep the newest K checkpoints")
+    out: str | None = option(None, help="run directory (default: runs/<label>-<model>)")
+    resume: bool = option(False, help="continue from the newest checkpoint in --out")
+    init_from: str | None = option(None, help=(
+        "start a new phase from this run (its newest checkpoint, or a checkpoint file): its weights, a fresh "
+        "optimizer, schedule and data position, and the step counter going on"))
+    init_from_hf: str | None = option(None, help="start from a HuggingFace BERT directory (its tokenizer must be "
+                                      "the shards')")
+    keep_optimizer: bool = option(False, help="with --init-from: carry AdamW's moments and the schedule instead "
+                                  "of restarting them")
+
+    def __post_init__(self):
+        for name in ("ckpt_interval", "max_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.init_from and self.init_from_hf:
             raise ConfigError("give --init-from (a bertprep run) or --init-from-hf (a HuggingFace directory), not both")
         if self.keep_optimizer and not self.init_from:
             raise ConfigError("--keep-optimizer carries the optimizer of --init-from RUN; give --init-from")
-        if self.schedule == "time" and not self.max_time:
-            raise ConfigError("--schedule time decays the learning rate over the --max-time budget; give --max-time")
-        for name, value, allowed in (("decay", self.decay, DECAYS), ("schedule", self.schedule, SCHEDULES),
-                                     ("norm", self.norm, NORMS),
-                                     ("precision", self.precision, PRECISIONS), ("device", self.device, DEVICES)):
-            if value not in allowed:
-                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
 
-    def shape(self) -> dict:
-        return model_shape(self.model, self.layers, self.hidden, self.heads, self.ffn)
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything `trainer/run.py` accepts, by component."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ShapeConfig = field(default_factory=ShapeConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    recipe: str | None = option(None, help="a recipe's settings (a name `bertprep recipe` lists, or a .toml "
+                                "file); --config and flags override it")
+
+    def __post_init__(self):
+        if self.optim.schedule == "time" and not self.loop.max_time:
+            raise ConfigError("--schedule time decays the learning rate over the --max-time budget; give --max-time")
 
     def to_dict(self) -> dict:
-        """Plain types only (lists, not tuples), so a checkpoint loads with weights_only=True."""
-        d = dataclasses.asdict(self)
-        d["shards"] = list(self.shards)
-        d["val_shards"] = None if self.val_shards is None else list(self.val_shards)
-        return d
+        """Flat flag keys and plain types (lists, not tuples), so a checkpoint loads with
+        weights_only=True and a run's config.json `train` table reads back as a --config file."""
+        return options.flat(self)
+
+
+def train_config(**flags) -> TrainConfig:
+    """A TrainConfig from flat flag keys (`lr=1e-4`, `shards=(...)`), as the command line sets them."""
+    return options.build(TrainConfig, flags)

@@ -19,9 +19,9 @@ from bertprep.shards.naming import parse_shard_name
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.config import ModelConfig, model_shape
+from bertprep.trainer.config import model_shape
 from bertprep.trainer.dist import Dist, all_reduce_sum
-from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
 SUMS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")

@@ -14,7 +14,7 @@ import re
 import torch
 
 from bertprep.shards.errors import ConfigError
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 
 # ours -> HF, with {i} for the layer index.
 RENAMES: list[tuple[str, str]] = [

@@ -18,7 +18,7 @@ from bertprep.shards.atomic import atomic_write, write_json
 from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint
-from bertprep.trainer.config import ModelConfig
+from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.hf import from_hf, hf_config, to_hf
 
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}

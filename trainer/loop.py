@@ -29,10 +29,10 @@ from bertprep.shards.reader import check_compatible, open_shards
 from bertprep.shards.verify import check_runs_complete, verify_paths
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import dist, phases
-from bertprep.trainer.config import ModelConfig, TrainConfig
+from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
-from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
 from bertprep.trainer.optim import BudgetProgress, build_optimizer, build_scheduler
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
@@ -92,7 +92,7 @@ class TrainClock:
 
 def train(cfg: TrainConfig) -> dict:
     """Train as `cfg` says (under torchrun: this rank's share); returns a summary of the run."""
-    d = dist.setup(cfg.device, timeout_s=cfg.dist_timeout)
+    d = dist.setup(cfg.loop.device, timeout_s=cfg.loop.dist_timeout)
     try:
         return _train(cfg, d)
     finally:
@@ -100,13 +100,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
-    shards = open_shards(cfg.shards)
+    shards = open_shards(cfg.data.shards)
     _check_shards(cfg, shards, d)
     data = shard_data(shards)
-    run_dir = Path(cfg.out or phases.default_out(cfg, data))
+    run_dir = Path(cfg.checkpoint.out or phases.default_out(cfg, data))
     ck = _checkpoint_to_resume(cfg, run_dir, data, shards)
     start = None if ck else phases.starting_point(cfg, data)  # --init-from / --init-from-hf weights
-    log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, quiet=cfg.quiet,
+    log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.loop.tensorboard, quiet=cfg.loop.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
     try:
         return _prepare(cfg, d, shards, data, run_dir, ck, log, start).loop()
@@ -122,20 +122,20 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
     mcfg = ModelConfig(**ck["model_config"]) if ck else phases.model_config(cfg, data, start)
     phase = phases.phase_of(ck) if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank
     raw = Bert(mcfg).to(d.device)
     model = raw
     if d.distributed:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    if cfg.compile:
+    if cfg.loop.compile:
         model = torch.compile(model)
-    opt = build_optimizer(raw, cfg, d.device)
+    opt = build_optimizer(raw, cfg.optim, d.device)
     progress = BudgetProgress()  # --schedule time: the loop moves it, the schedule reads it
-    sched = build_scheduler(opt, cfg, phase["schedule_start"], progress)
-    stream = ShardStream(shards, StreamConfig(batch_size=cfg.batch_size, seed=cfg.seed, rank=d.rank,
-                                              world_size=d.world_size, overfit_batches=cfg.overfit_batches))
+    sched = build_scheduler(opt, cfg.optim, cfg.loop.max_steps, phase["schedule_start"], progress)
+    stream = ShardStream(shards, StreamConfig(batch_size=cfg.loop.batch_size, seed=cfg.loop.seed, rank=d.rank,
+                                              world_size=d.world_size, overfit_batches=cfg.loop.overfit_batches))
     step, start_batch = 0, 0
-    _seed_rank(cfg.seed, d)  # dropout differs across ranks, reproducibly
+    _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
         raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -145,7 +145,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         step = int(ck["step"])
         log.truncate_after(step)
         shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
-        if shape != cfg.shape() or (mcfg.dropout, mcfg.norm) != (cfg.dropout, cfg.norm):
+        if shape != cfg.model.shape() or (mcfg.dropout, mcfg.norm) != (cfg.model.dropout, cfg.model.norm):
             log.say(f"note: the model's shape comes from the checkpoint ({shape}, dropout {mcfg.dropout}, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
     elif start:
@@ -155,11 +155,11 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         if start.optimizer is not None:
             phases.restore_optimizer(start, opt, sched, cfg)
         shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
-        if shape != cfg.shape() or mcfg.norm != cfg.norm:
+        if shape != cfg.model.shape() or mcfg.norm != cfg.model.norm:
             log.say(f"note: the model's shape comes from {start.source} ({shape}, {mcfg.max_len} positions, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
         if d.is_main:
-            phases.carry_history(start, run_dir, cfg.tensorboard)
+            phases.carry_history(start, run_dir, cfg.loop.tensorboard)
     if phase["index"] > 1:
         log.tag = {"phase": phase["name"]}
     if d.is_main:
@@ -190,7 +190,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list) -> dict | None:
     latest = ckpt_io.newest(run_dir)
-    if latest is not None and not cfg.resume:
+    if latest is not None and not cfg.checkpoint.resume:
         raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
                           f"that run or --out for a new one")
     if latest is None:
@@ -202,19 +202,19 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: l
 
 def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
     """(stream, vocab) for validation, or None when there are no validation shards."""
-    paths = list(cfg.val_shards) if cfg.val_shards is not None else default_val_shards(cfg.shards)
-    if not paths or not (cfg.val_interval or cfg.val_minutes):
-        if cfg.val_interval or cfg.val_minutes:
+    paths = list(cfg.data.val_shards) if cfg.data.val_shards is not None else default_val_shards(cfg.data.shards)
+    if not paths or not (cfg.loop.val_interval or cfg.loop.val_minutes):
+        if cfg.loop.val_interval or cfg.loop.val_minutes:
             log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
         return None
     val_shards = open_shards(paths)
     _check_shards(cfg, val_shards, d)
     check_compatible(shards + val_shards, "training and validation shards")
-    stream = val_stream(val_shards, cfg.batch_size, d)
+    stream = val_stream(val_shards, cfg.loop.batch_size, d)
     if stream is None:
         log.say("validation shards hold fewer examples than there are ranks: skipping validation")
         return None
-    vocab = vocab_for(shards[0].path, shards[0].meta, cfg.vocab) if d.is_main else None
+    vocab = vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab) if d.is_main else None
     return stream, vocab
 
 
@@ -235,7 +235,7 @@ def _check_shards(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
                 raise ConfigError(f"rank {r} was given {int(theirs[0])} shard file(s) of {int(theirs[1]):,} examples, "
                                   f"rank 0 {int(every[0][0])} of {int(every[0][1]):,}: every rank must be given the "
                                   f"same --shards (a machine with an incomplete copy?)")
-    if not cfg.verify_shards:
+    if not cfg.data.verify_shards:
         return
     paths = [Path(s.path) for s in shards]
     problem = None
@@ -271,7 +271,7 @@ def _restore_rng(rng: dict, d: dist.Dist) -> None:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = cfg.loop.precision == "bf16" or (cfg.loop.precision == "auto" and device.type == "cuda")
     if not bf16:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
@@ -294,31 +294,31 @@ class _Run:
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
-        tokens_per_micro = cfg.batch_size * self.data["max_len"] * d.world_size
+        tokens_per_micro = cfg.loop.batch_size * self.data["max_len"] * d.world_size
         window = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, mlm loss sum, mlm count
         micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
         total_wait, done_steps, stopped, first_step = 0.0, 0, "max_steps", step
-        on_batch = self._tracer() if cfg.trace_data else None
-        budget_s, every_s = cfg.max_time * 60, cfg.val_minutes * 60  # 0: no limit / no timed validation
+        on_batch = self._tracer() if cfg.data.trace_data else None
+        budget_s, every_s = cfg.loop.max_time * 60, cfg.loop.val_minutes * 60  # 0: no limit / no timed validation
         next_val_s = (self.clock.wall_s // every_s + 1) * every_s if every_s else math.inf
         spent = budget_s and self.clock.wall_s >= budget_s  # a resumed run whose time was used up
-        with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.prefetch,
+        with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.data.prefetch,
                                                on_batch=on_batch) as feed:
             self.clock.start()
-            while step < cfg.max_steps and not spent:
+            while step < cfg.loop.max_steps and not spent:
                 lr = self.opt.param_groups[0]["lr"]
-                for m in range(cfg.grad_accum):
+                for m in range(cfg.loop.grad_accum):
                     batch = feed.next()
-                    with dist.no_sync(self.model, m < cfg.grad_accum - 1), self.autocast():
+                    with dist.no_sync(self.model, m < cfg.loop.grad_accum - 1), self.autocast():
                         mlm, nsp = self.model(batch["input_ids"], batch["token_type_ids"], batch["length"],
                                               batch["masked_positions"])
                         loss, parts = pretraining_loss(mlm, nsp, batch, accuracy=False)
-                    (loss / cfg.grad_accum).backward()
+                    (loss / cfg.loop.grad_accum).backward()
                     window += torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
                                            parts["mlm_count"].double()])
                     micro += 1
-                if cfg.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.clip)
+                if cfg.optim.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.optim.clip)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
@@ -328,16 +328,16 @@ class _Run:
                 if budget_s:
                     self.progress.fraction = train_s / budget_s
                 self.sched.step()  # the next step's rate (--schedule time: from the agreed clock)
-                last = step == cfg.max_steps or halt or out_of_time
-                if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
+                last = step == cfg.loop.max_steps or halt or out_of_time
+                if step % cfg.loop.log_interval == 0 or last or step % cfg.checkpoint.ckpt_interval == 0:
                     rec = self._reduce_window(window, micro, step, lr)  # raises NonFiniteLoss
-                    if step % cfg.log_interval == 0 or last:
+                    if step % cfg.loop.log_interval == 0 or last:
                         now = time.perf_counter()
                         waited = feed.wait_s
                         total_wait += waited
                         dt = max(now - t_window, 1e-9)
                         rec |= {"tokens_per_s": micro * tokens_per_micro / dt,
-                                "samples_per_s": micro * cfg.batch_size * d.world_size / dt,
+                                "samples_per_s": micro * cfg.loop.batch_size * d.world_size / dt,
                                 "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start,
                                 "train_s": train_s}
                         self.log.write(rec)
@@ -348,24 +348,24 @@ class _Run:
                 with self.clock.paused():  # validation and checkpoints are not training time
                     if val_due:
                         next_val_s = (train_s // every_s + 1) * every_s
-                    on_interval = cfg.val_interval and step % cfg.val_interval == 0
+                    on_interval = cfg.loop.val_interval and step % cfg.loop.val_interval == 0
                     if self.val and (on_interval or val_due or (last and not halt)):
                         self._validate(step)
-                    if step % cfg.ckpt_interval == 0 or last:
+                    if step % cfg.checkpoint.ckpt_interval == 0 or last:
                         self._save(step, feed)
                 t_window += time.perf_counter() - paused  # rates count training time only
                 if halt:
                     stopped = f"signal {stop.signal_name}"
                     self.log.say(f"{stop.signal_name}: saved {self.last_ckpt} and stopped at step {step}")
                     break
-                if out_of_time and step < cfg.max_steps:
+                if out_of_time and step < cfg.loop.max_steps:
                     stopped = "max_time"
-                    self.log.say(f"--max-time {cfg.max_time:g} min of training reached at step {step}: "
+                    self.log.say(f"--max-time {cfg.loop.max_time:g} min of training reached at step {step}: "
                                  f"validated, saved {self.last_ckpt}")
                     break
             if spent:
                 stopped = "max_time"
-                self.log.say(f"--max-time {cfg.max_time:g} min already used by the resumed run: nothing to do")
+                self.log.say(f"--max-time {cfg.loop.max_time:g} min already used by the resumed run: nothing to do")
         if self.trace is not None:
             self.trace.close()
         elapsed = time.perf_counter() - t_start
@@ -397,17 +397,17 @@ class _Run:
 
     def _validate(self, step: int) -> None:
         stream, vocab = self.val
-        out = validate(self.raw, stream, self.d, max_batches=self.cfg.val_batches, autocast=self.autocast)
+        out = validate(self.raw, stream, self.d, max_batches=self.cfg.loop.val_batches, autocast=self.autocast)
         train_s, train_cpu_s = self.clock.read()
         rec = {"step": step} | out | {"train_s": train_s, "train_cpu_s": train_cpu_s}
         self.last_val = {k: v for k, v in out.items() if k.startswith("val_")}
         self.log.write(rec)
         self.log.say(val_line(rec))
-        if self.d.is_main and self.cfg.val_examples:
-            lines = decoded_examples(self.raw, stream, self.d.device, vocab, self.cfg.val_examples, self.autocast)
+        if self.d.is_main and self.cfg.loop.val_examples:
+            lines = decoded_examples(self.raw, stream, self.d.device, vocab, self.cfg.loop.val_examples, self.autocast)
             with open(self.run_dir / "examples.txt", "a", encoding="utf-8") as f:
                 f.write(f"== step {step}\n" + "\n".join(lines) + "\n")
-            for line in lines[: 4 * self.cfg.val_examples]:
+            for line in lines[: 4 * self.cfg.loop.val_examples]:
                 self.log.say(line)
 
     def _save(self, step: int, feed: Prefetcher) -> None:
@@ -418,7 +418,7 @@ class _Run:
             "train_s": self.clock.read()[0], "train_cpu_s": self.clock.read()[1], "phase": self.phase,
         }
         if self.d.is_main:
-            self.last_ckpt = ckpt_io.save(self.run_dir, step, payload, keep=self.cfg.max_checkpoints)
+            self.last_ckpt = ckpt_io.save(self.run_dir, step, payload, keep=self.cfg.checkpoint.max_checkpoints)
         dist.barrier(self.d)
 
     def _tracer(self):

@@ -21,13 +21,50 @@ the same shape (`trainer/hf.py` holds the rename table); q, k and v stay separat
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bertprep.trainer.config import ModelConfig
+from bertprep.shards.errors import ConfigError
+from bertprep.shards.options import check
+from bertprep.trainer.config import Norm
 
 IGNORE = -100  # target of an unused prediction slot
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network's exact shape. The vocab size, the length and NSP come from the shards; the rest
+    from the --model preset and the shape flags (trainer/config.py `ShapeConfig`, via phases.py)."""
+
+    vocab_size: int
+    max_len: int                 # positions in the table (--max-position); shards up to this length fit
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+    ffn: int = 512
+    dropout: float = 0.1         # embeddings, attention probabilities, residual branches
+    norm: Norm = "post"          # "post" (BERT) or "pre" (+ a final LayerNorm; no HF counterpart)
+    nsp: bool = False            # build the pooler and the next-sentence head
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        check(self)
+        for name in ("vocab_size", "max_len", "layers", "hidden", "heads", "ffn"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ConfigError(f"--hidden ({self.hidden}) must be a multiple of --heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class Embeddings(nn.Module):

@@ -5,11 +5,48 @@ budget runs out (`--schedule time`)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn as nn
+from bertprep.shards.errors import ConfigError
+from bertprep.shards.options import check, option
 
-from bertprep.trainer.config import TrainConfig
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+# torch is imported where an optimizer is built, not here: trainer/config.py composes OptimConfig,
+# and `bertprep recipe` reads that without torch.
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """optim: AdamW and the learning-rate schedule (defaults: the BERT paper's pretraining)"""
+
+    lr: float = option(1e-4, help="peak learning rate")
+    min_lr: float = option(0.0, help="learning rate at --max-steps")
+    warmup_steps: int = option(10_000, help="steps of linear warm-up from 0 to --lr")
+    decay: Literal["linear", "cosine"] = option("linear", help="decay after warm-up")
+    schedule: Literal["steps", "time"] = option("steps", help=(
+        "steps: the decay ends at --max-steps; time: it ends as the --max-time budget runs out (the rate follows "
+        "the clock, so the run ends annealed whatever its speed)"))
+    weight_decay: float = option(0.01, help="AdamW weight decay (not on biases and LayerNorm)")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.999, help="AdamW beta2")
+    eps: float = option(1e-6, help="AdamW epsilon")
+    clip: float = option(1.0, help="gradient-norm clipping (0: off)")
+
+    def __post_init__(self):
+        check(self)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"--min-lr must be in [0, --lr={self.lr}], got {self.min_lr}")
+        if self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
+            raise ConfigError("--weight-decay and --clip must be >= 0 and --eps > 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"--beta1/--beta2 must be in [0, 1), got {self.beta1}/{self.beta2}")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -23,8 +60,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused (one kernel over all tensors) on CUDA and, where this torch has it, on CPU."""
+    import torch
+
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     try:
         return torch.optim.AdamW(param_groups(model, cfg.weight_decay), fused=True, **kwargs)
@@ -65,18 +104,21 @@ class BudgetProgress:
         self.fraction = 0.0
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, start: int = 0,
+def build_scheduler(optimizer, cfg: OptimConfig, max_steps: int, start: int = 0,
                     progress: BudgetProgress | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule of a run whose step counter stood at `start` when the schedule began (a new
-    phase's first step, `--init-from`): warm-up counts from there, the decay ends at --max-steps,
-    or with `--schedule time` as `progress` (the loop's clock against --max-time) reaches 1."""
+    phase's first step, `--init-from`): warm-up counts from there, the decay ends at `max_steps`
+    (--max-steps), or with `--schedule time` as `progress` (the loop's clock against --max-time)
+    reaches 1."""
+    import torch
+
     min_ratio = cfg.min_lr / cfg.lr
 
     def factor(step: int) -> float:  # `step`: updates since the schedule began
         if cfg.schedule == "time":
             return budget_lr_factor(step, progress.fraction if progress else 0.0, warmup=cfg.warmup_steps,
                                     decay=cfg.decay, min_ratio=min_ratio)
-        return lr_factor(step, warmup=cfg.warmup_steps, max_steps=cfg.max_steps - start, decay=cfg.decay,
+        return lr_factor(step, warmup=cfg.warmup_steps, max_steps=max_steps - start, decay=cfg.decay,
                          min_ratio=min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

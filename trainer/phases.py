@@ -29,8 +29,9 @@ from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.shards.naming import parse_shard_name
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint, run_dir_of, shard_tokenizer
-from bertprep.trainer.config import ModelConfig, TrainConfig
+from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.metrics import METRICS_FILE
+from bertprep.trainer.model import ModelConfig
 
 DEFAULT_POSITIONS = 512
 RESUME_ADVICE = ("--resume continues the same phase on the same shards; to go on from this run's weights with "
@@ -75,11 +76,11 @@ def run_dir_arg(path: str | Path) -> Path:
 
 def default_out(cfg: TrainConfig, data: dict) -> str:
     """runs/<label>-<model>; a new phase goes beside its source: runs/<source run>-<max_len>."""
-    if cfg.init_from:
-        return f"{run_dir_arg(cfg.init_from)}-{data['max_len']}"
-    if cfg.init_from_hf:
-        return f"runs/{data['label']}-{Path(cfg.init_from_hf).resolve().name}"
-    return f"runs/{data['label']}-{cfg.model}"
+    if cfg.checkpoint.init_from:
+        return f"{run_dir_arg(cfg.checkpoint.init_from)}-{data['max_len']}"
+    if cfg.checkpoint.init_from_hf:
+        return f"runs/{data['label']}-{Path(cfg.checkpoint.init_from_hf).resolve().name}"
+    return f"runs/{data['label']}-{cfg.model.preset}"
 
 
 # --- checks --------------------------------------------------------------------------------------
@@ -146,17 +147,17 @@ def tokenizer_difference(a: Path, b: Path) -> str:
 
 def starting_point(cfg: TrainConfig, data: dict) -> Start | None:
     """The weights --init-from or --init-from-hf name, checked against the shards; None: fresh."""
-    if cfg.init_from:
+    if cfg.checkpoint.init_from:
         return _from_run(cfg, data)
-    if cfg.init_from_hf:
+    if cfg.checkpoint.init_from_hf:
         return _from_hf(cfg, data)
     return None
 
 
 def _from_run(cfg: TrainConfig, data: dict) -> Start:
-    path = resolve_checkpoint(cfg.init_from)
+    path = resolve_checkpoint(cfg.checkpoint.init_from)
     ck = ckpt_io.load(path)
-    where = f"--init-from {cfg.init_from}"
+    where = f"--init-from {cfg.checkpoint.init_from}"
     if not {"model", "model_config", "data", "step"} <= ck.keys():
         raise ShardFormatError(f"{where}: {path} is not a pretraining checkpoint")
     for key in ("vocab_size", "special_ids", "tokenizer_sha256"):
@@ -167,10 +168,10 @@ def _from_run(cfg: TrainConfig, data: dict) -> Start:
     mcfg = ModelConfig(**ck["model_config"])
     _check_positions(mcfg, data, where)
     step = int(ck["step"])
-    if cfg.max_steps <= step:
-        raise ConfigError(f"--max-steps {cfg.max_steps}: {where} ends at step {step} and the step counter goes on from "
-                          f"there; give the step this phase should end at (above {step})")
-    keep = cfg.keep_optimizer
+    if cfg.loop.max_steps <= step:
+        raise ConfigError(f"--max-steps {cfg.loop.max_steps}: {where} ends at step {step} and the step counter goes "
+                          f"on from there; give the step this phase should end at (above {step})")
+    keep = cfg.checkpoint.keep_optimizer
     if keep and not {"optimizer", "scheduler"} <= ck.keys():
         raise ConfigError(f"--keep-optimizer: {path} holds no optimizer state")
     previous = phase_of(ck)
@@ -190,16 +191,16 @@ def _from_hf(cfg: TrainConfig, data: dict) -> Start:
     (a directory with only vocab.txt gets a tokenizer.json built from it, whose bytes differ)."""
     from bertprep.trainer.interchange import load_pretrained
 
-    pre = load_pretrained(hf_dir=cfg.init_from_hf)
-    where = f"--init-from-hf {cfg.init_from_hf}"
+    pre = load_pretrained(hf_dir=cfg.checkpoint.init_from_hf)
+    where = f"--init-from-hf {cfg.checkpoint.init_from_hf}"
     fix = ("tokenize the corpus with the model's own tokenizer "
-           f"(bertprep tokenize --tokenizer {cfg.init_from_hf}/tokenizer.json)")
+           f"(bertprep tokenize --tokenizer {cfg.checkpoint.init_from_hf}/tokenizer.json)")
     for key in ("vocab_size", "special_ids"):
         if pre.data[key] != data[key]:
             raise ConfigError(f"{where}: the model has {key}={_short(pre.data[key])} but the shards have "
                               f"{key}={_short(data[key])}; {fix}")
     if pre.data["tokenizer_sha256"] != data["tokenizer_sha256"]:
-        ours = shard_tokenizer(cfg.shards, data["tokenizer_sha256"])
+        ours = shard_tokenizer(cfg.data.shards, data["tokenizer_sha256"])
         if ours is None:
             theirs, mine = pre.data["tokenizer_sha256"][:12], data["tokenizer_sha256"][:12]
             raise ConfigError(f"{where}: the model's tokenizer is not the file the shards were made with (sha256 "
@@ -229,12 +230,12 @@ def model_config(cfg: TrainConfig, data: dict, start: Start | None) -> ModelConf
     """A fresh model: the flags' shape with --max-position positions; from a start: the source's
     shape and position table, with this run's dropout and an NSP head when these shards have NSP."""
     if start is not None:
-        return dataclasses.replace(start.model_config, dropout=cfg.dropout, nsp=data["nsp"])
-    positions = cfg.max_position or max(DEFAULT_POSITIONS, data["max_len"])
+        return dataclasses.replace(start.model_config, dropout=cfg.model.dropout, nsp=data["nsp"])
+    positions = cfg.model.max_position or max(DEFAULT_POSITIONS, data["max_len"])
     if positions < data["max_len"]:
         raise ConfigError(f"--max-position {positions} is shorter than the shards' {data['max_len']}-token examples")
-    return ModelConfig(vocab_size=data["vocab_size"], max_len=positions, nsp=data["nsp"], dropout=cfg.dropout,
-                       norm=cfg.norm, **cfg.shape())
+    return ModelConfig(vocab_size=data["vocab_size"], max_len=positions, nsp=data["nsp"], dropout=cfg.model.dropout,
+                       norm=cfg.model.norm, **cfg.model.shape())
 
 
 def load_weights(model, start: Start) -> list[str]:
@@ -270,10 +271,10 @@ def restore_optimizer(start: Start, opt, sched, cfg: TrainConfig) -> None:
         raise ConfigError(f"--keep-optimizer: the optimizer of {start.source} does not fit this model ({e}); "
                           f"start the phase without --keep-optimizer") from None
     sched.load_state_dict(start.scheduler)
-    sched.base_lrs = [cfg.lr for _ in opt.param_groups]
-    for group, decay, factor in zip(opt.param_groups, (cfg.weight_decay, 0.0), sched.lr_lambdas):
-        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor(sched.last_epoch), betas=(cfg.beta1, cfg.beta2),
-                     eps=cfg.eps, weight_decay=decay)
+    sched.base_lrs = [cfg.optim.lr for _ in opt.param_groups]
+    for group, decay, factor in zip(opt.param_groups, (cfg.optim.weight_decay, 0.0), sched.lr_lambdas):
+        group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr * factor(sched.last_epoch),
+                     betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps, weight_decay=decay)
     sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
@@ -310,7 +311,7 @@ def keep_run_tokenizer(cfg: TrainConfig, data: dict, run_dir: Path, start: Start
     finetune work from the run alone. Found through the shards' manifest (`tokens_dir`) or the
     start's directory, only with the sha256 the shards record; returns a note when not found."""
     sha = data.get("tokenizer_sha256")
-    tok = shard_tokenizer(cfg.shards, sha)
+    tok = shard_tokenizer(cfg.data.shards, sha)
     if tok is None and start is not None and start.tokenizer is not None and start.tokenizer.is_file() \
             and sha256_file(start.tokenizer) == sha:
         tok = start.tokenizer

@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertprep.shards import options
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer.config import TrainConfig
 
@@ -37,7 +38,7 @@ class Phase:
     max_len: int
     max_predictions: int | None
     max_steps: int
-    train: dict                 # trainer settings of this phase (TrainConfig field names), max_steps included
+    train: dict                 # trainer settings of this phase (flat flag keys, as --config), max_steps included
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Recipe:
     reference: str
     source: Path
     data: dict = field(default_factory=dict)     # flag names with '-', as bertprep tokenize/shard spell them
-    train: dict = field(default_factory=dict)    # TrainConfig field names
+    train: dict = field(default_factory=dict)    # trainer settings (flat flag keys, as --config)
     phases: tuple[Phase, ...] = ()
 
     def settings(self, index: int) -> dict:
@@ -80,11 +81,11 @@ def _read(name: str, seen: tuple = ()) -> tuple[dict, Path]:
 
 
 def _train_settings(table: dict, where: str) -> dict:
-    fields = TrainConfig.__dataclass_fields__
+    known = {x.dest for x in options.flags(TrainConfig)}
     out = {}
     for key, value in table.items():
         dest = key.replace("-", "_")
-        if dest not in fields or dest in NOT_IN_RECIPES:
+        if dest not in known or dest in NOT_IN_RECIPES:
             raise ConfigError(f"{where}: {key!r} is not a trainer setting a recipe may hold")
         out[dest] = value
     return out
@@ -143,16 +144,18 @@ class Step:
     command: str
 
 
-def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact: bool, corpus_bytes: int,
-         gpus: int = 1, steps: int | None = None, batch: int | None = None, vocab_size: int | None = None,
-         tokens_dir: str = "tokens") -> tuple[list[str], list[Step]]:
+def plan(recipe: Recipe, corpus: list[str], *, data_defaults: dict, tokens: int | None, tokens_exact: bool,
+         corpus_bytes: int, gpus: int = 1, steps: int | None = None, batch: int | None = None,
+         vocab_size: int | None = None, tokens_dir: str = "tokens") -> tuple[list[str], list[Step]]:
     """(summary lines, steps with their exact commands) for pretraining on `corpus` with `recipe`:
     tokenize, shard at each phase's length (one --split-seed, so every phase keeps the same
     validation documents), then train each phase from the one before. `steps` rescales the
-    schedule (phase boundaries and warm-up in proportion); `batch` is the global batch."""
+    schedule (phase boundaries and warm-up in proportion); `batch` is the global batch.
+    `data_defaults`: the defaults of `bertprep tokenize` and `shard` by flag name ('vocab-size'),
+    which the CLI reads from their configs (preprocess/, which trainer/ does not import)."""
     total = recipe.phases[-1].max_steps
     scale = (steps / total) if steps else 1.0
-    global_batch = batch or int(recipe.train.get("batch_size", 32))
+    global_batch = batch or int(recipe.train.get("batch_size", options.flag_named(TrainConfig, "batch_size").default))
     if gpus < 1 or global_batch % gpus:
         raise ConfigError(f"--batch-size {global_batch} must be a multiple of --gpus {gpus}")
     per_gpu = global_batch // gpus
@@ -168,12 +171,12 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
     if recipe.reference:
         lines.append(f"  after {recipe.reference}")
     lines.append(f"corpus: {' '.join(corpus)}: about {n_tokens:,} tokens ({how})")
-    data = recipe.data
-    nsp = bool(data.get("nsp", False))
+    data = data_defaults | recipe.data
+    nsp = bool(data["nsp"])
     steps_list = []
-    vocab = vocab_size or int(data.get("vocab-size", 30522))
+    vocab = vocab_size or int(data["vocab-size"])
     tok_cmd = f"bertprep tokenize {' '.join(corpus)} --out {tokens_dir} --vocab-size {vocab}"
-    tok_cmd += "" if data.get("lowercase", True) else " --cased"
+    tok_cmd += "" if data["lowercase"] else " --cased"
     steps_list.append(Step("Tokenize (a WordPiece vocabulary trained on the corpus; ids, sentence and document "
                            "boundaries)", tok_cmd))
     start = 0
@@ -187,13 +190,12 @@ def plan(recipe: Recipe, corpus: list[str], *, tokens: int | None, tokens_exact:
         cmd = f"bertprep shard --tokens {tokens_dir} --out {shard_dir} --max-len {p.max_len}"
         if p.max_predictions:
             cmd += f" --max-predictions {p.max_predictions}"
-        cmd += (" --nsp" if nsp else "") + (" --whole-word" if data.get("whole-word") else "")
-        if "mask-prob" in data and data["mask-prob"] != 0.15:
-            cmd += f" --mask-prob {data['mask-prob']}"
-        if "short-seq-prob" in data and data["short-seq-prob"] != 0.1:
-            cmd += f" --short-seq-prob {data['short-seq-prob']}"
+        cmd += (" --nsp" if nsp else "") + (" --whole-word" if data["whole-word"] else "")
+        for key in ("mask-prob", "short-seq-prob"):
+            if data[key] != data_defaults[key]:
+                cmd += f" --{key} {data[key]}"
         cmd += f" --dupe-factor {dupe} --split-seed 0"
-        slots = p.max_predictions or round(p.max_len * float(data.get("mask-prob", 0.15)))
+        slots = p.max_predictions or round(p.max_len * float(data["mask-prob"]))
         size = examples * dupe * (3 * p.max_len + 4 * slots + 6)  # uint16 ids, uint8 segments, uint16 targets
         steps_list.append(Step(
             f"Shard at {p.max_len} tokens for phase {i} ({dupe} differently masked cop{'y' if dupe == 1 else 'ies'}, "

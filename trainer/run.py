@@ -27,73 +27,14 @@ import argparse  # noqa: E402
 import glob  # noqa: E402
 import tomllib  # noqa: E402
 
+from bertprep.shards import options  # noqa: E402
 from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
-from bertprep.trainer.config import DECAYS, DEVICES, NORMS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig  # noqa: E402
+from bertprep.trainer.config import TrainConfig  # noqa: E402
 from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
 from bertprep.trainer.loop import NonFiniteLoss, train  # noqa: E402
-from bertprep.trainer.recipes import available, load_recipe, phase_index  # noqa: E402
+from bertprep.trainer.recipes import load_recipe, phase_index  # noqa: E402
 
 __all__ = ["train", "evaluate", "parse_config", "main"]
-
-# (flag, type or action, help); the dest is the TrainConfig field of the same name.
-FLAGS = [
-    ("--shards", "paths", "training shard files (globs are expanded, e.g. from --config)"),
-    ("--val-shards", "paths", "validation shard files (default: the val_ files beside the training shards)"),
-    ("--vocab", str, "vocab.txt for decoded validation examples (default: found beside the shards)"),
-    ("--verify-shards", "bool", "before training, check every shard's sha256 against its manifest and every "
-                                "example's value ranges (--no-verify-shards: skip, for data already verified)"),
-    ("--model", PRESETS, "size preset: layers/hidden of the BERT paper and Google's small BERTs"),
-    ("--layers", int, "encoder layers (overrides the preset)"),
-    ("--hidden", int, "hidden width (overrides the preset)"),
-    ("--heads", int, "attention heads (default: hidden/64 with --hidden, else the preset's)"),
-    ("--ffn", int, "feed-forward width (default: 4 x hidden)"),
-    ("--dropout", float, "dropout on embeddings, attention and residual branches"),
-    ("--norm", NORMS, "post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)"),
-    ("--max-position", int, "positions in the model's table, the longest shards it will take (default: 512, "
-                            "or the shards' length when longer)"),
-    ("--max-steps", int, "optimizer steps to train for"),
-    ("--max-time", float, "minutes of training (validation and checkpoints excluded) after which the run "
-                          "validates, checkpoints and stops (0: no limit)"),
-    ("--batch-size", int, "examples per rank per micro-step"),
-    ("--grad-accum", int, "micro-steps per optimizer step"),
-    ("--seed", int, "seed of the weights, dropout and data order"),
-    ("--lr", float, "peak learning rate"),
-    ("--min-lr", float, "learning rate at --max-steps"),
-    ("--warmup-steps", int, "steps of linear warm-up from 0 to --lr"),
-    ("--decay", DECAYS, "decay after warm-up"),
-    ("--schedule", SCHEDULES, "steps: the decay ends at --max-steps; time: it ends as the --max-time budget runs "
-                              "out (the rate follows the clock, so the run ends annealed whatever its speed)"),
-    ("--weight-decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
-    ("--beta1", float, "AdamW beta1"),
-    ("--beta2", float, "AdamW beta2"),
-    ("--eps", float, "AdamW epsilon"),
-    ("--clip", float, "gradient-norm clipping (0: off)"),
-    ("--precision", PRECISIONS, "auto: bf16 autocast on CUDA, fp32 on CPU"),
-    ("--compile", "bool", "torch.compile the model"),
-    ("--device", DEVICES, "auto: CUDA when available"),
-    ("--dist-timeout", float, "seconds a collective waits for the other ranks before this rank gives up "
-                              "(a hung rank; torchrun stops the others at once when one dies)"),
-    ("--log-interval", int, "steps between log lines and metrics.jsonl records"),
-    ("--val-interval", int, "steps between validations (0: none)"),
-    ("--val-minutes", float, "also validate every M minutes of training time (0: off)"),
-    ("--val-batches", int, "validation batches per rank"),
-    ("--val-examples", int, "decoded validation examples shown per validation"),
-    ("--ckpt-interval", int, "steps between checkpoints (one is also written at the end)"),
-    ("--max-checkpoints", int, "keep the newest K checkpoints"),
-    ("--out", str, "run directory (default: runs/<label>-<model>)"),
-    ("--resume", "bool", "continue from the newest checkpoint in --out"),
-    ("--init-from", str, "start a new phase from this run (its newest checkpoint, or a checkpoint file): its weights, "
-                         "a fresh optimizer, schedule and data position, and the step counter going on"),
-    ("--init-from-hf", str, "start from a HuggingFace BERT directory (its tokenizer must be the shards')"),
-    ("--keep-optimizer", "bool", "with --init-from: carry AdamW's moments and the schedule instead of restarting them"),
-    ("--recipe", str, "a recipe's settings (" + ", ".join(available()) + ", or a .toml file); --config and "
-                      "flags override it"),
-    ("--overfit-batches", int, "train on the same N batches (a debugging check: the loss should reach ~0)"),
-    ("--prefetch", int, "pinned host buffers in the loader's ring"),
-    ("--tensorboard", "bool", "write TensorBoard events (when the tensorboard package is installed)"),
-    ("--trace-data", "bool", "debugging: write the rows each rank reads to <out>/trace/"),
-    ("--quiet", "bool", "no progress lines on stderr"),
-]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,21 +43,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of TrainConfig's fields (trainer/config.py), a group per component, and --config."""
     p = _Parser(prog="trainer/run.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE.toml", help="set any flag from a TOML file; command-line flags win")
-    defaults = TrainConfig.__dataclass_fields__
-    for flag, kind, text in FLAGS:
-        dest = flag[2:].replace("-", "_")
-        default = defaults[dest].default
-        if kind == "paths":
-            p.add_argument(flag, dest=dest, nargs="+" if dest == "shards" else "*", metavar="PATH", help=text)
-        elif kind == "bool":
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif isinstance(kind, (tuple, dict)):
-            p.add_argument(flag, dest=dest, choices=list(kind), default=default, help=text)
-        else:
-            p.add_argument(flag, dest=dest, type=kind, default=default, help=text)
+    options.add_arguments(p, TrainConfig)
     return p
 
 
@@ -132,7 +63,7 @@ def _expand(paths) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-def _config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+def _config_file(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -140,11 +71,11 @@ def _config_file(path: str, parser: argparse.ArgumentParser) -> dict:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    known = {a.dest for a in parser._actions}
+    known = {x.dest for x in options.flags(TrainConfig)}
     values = {}
     for key, value in raw.items():
         dest = key.replace("-", "_")
-        if dest not in known or dest in ("config", "help"):
+        if dest not in known:
             raise ConfigError(f"--config {path}: unknown setting {key!r}")
         values[dest] = value
     return values
@@ -153,7 +84,7 @@ def _config_file(path: str, parser: argparse.ArgumentParser) -> dict:
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    from_file = _config_file(first.config, parser) if first.config else {}
+    from_file = _config_file(first.config) if first.config else {}
     recipe = first.recipe or from_file.get("recipe")
     if recipe:  # beneath --config and the command line; the phase follows --init-from
         settings = load_recipe(recipe).settings(phase_index(first.init_from or from_file.get("init_from")))
@@ -164,7 +95,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args["shards"] = _expand(args["shards"]) or ()
     args["val_shards"] = _expand(args["val_shards"])
     try:
-        return TrainConfig(**args)
+        return options.build(TrainConfig, args)
     except TypeError as e:  # a TOML value of the wrong type reaches the dataclass
         raise ConfigError(f"--config: {e}") from None
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bertprep.shards.errors import ConfigError
+from bertprep.shards.options import option
 
 STATE_VERSION = 1
 _ROUNDS = 4
@@ -58,6 +59,29 @@ class FeistelPermutation:
             y[bad] = self._once(y[bad])
             bad = bad[y[bad] >= self.n]
         return y.astype(np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """data: the shards to train and validate on, and how they reach the device (stream.py, prefetch.py)"""
+
+    shards: tuple[str, ...] = option((), nargs="+", help="training shard files (globs are expanded, e.g. from "
+                                     "--config)")
+    val_shards: tuple[str, ...] | None = option(None, help="validation shard files (default: the val_ files beside "
+                                                "the training shards)")
+    vocab: str | None = option(None, help="vocab.txt for decoded validation examples (default: found beside the "
+                               "shards)")
+    verify_shards: bool = option(True, help=(
+        "before training, check every shard's sha256 against its manifest and every example's value ranges "
+        "(--no-verify-shards: skip, for data already verified)"))
+    prefetch: int = option(4, help="pinned host buffers in the loader's ring")
+    trace_data: bool = option(False, help="debugging: write the rows each rank reads to <out>/trace/")
+
+    def __post_init__(self):
+        if not self.shards:
+            raise ConfigError("--shards: give at least one training shard file")
+        if self.prefetch < 1:
+            raise ConfigError(f"--prefetch must be >= 1, got {self.prefetch}")
 
 
 @dataclass(frozen=True, kw_only=True)

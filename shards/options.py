@@ -1,0 +1,284 @@
+"""One definition per flag: a config field carries its flag, and the command lines are derived from it.
+
+A field made with `option(default, help=...)` is a flag: its name is the field's with `-` for `_`
+(or `flag=`), its type, default and choices are the field's (choices as `typing.Literal[...]`), its
+help is written here once. From a config class, and the configs it is composed of, this module
+derives:
+
+| what                       | function            | used by                                  |
+|----------------------------|---------------------|------------------------------------------|
+| the flat flag table        | `flags(cls)`        | everything below, tests/test_options.py  |
+| click options              | `click_params(cls)` | cli.py                                   |
+| argparse arguments         | `add_arguments(p, cls)` | trainer/run.py                       |
+| a config from flat keys    | `build(cls, values)`| cli.py, run.py (flags and TOML keys), recipes |
+| flat keys from a config    | `flat(cfg)`         | the run's recorded config                |
+| the choices check          | `check(cfg)`        | every config's `__post_init__`           |
+
+Flags stay flat (`--lr`, TOML key `lr`) however the config nests (`TrainConfig.optim.lr`): a field
+whose type is a dataclass is a component, and its flags are the parent's. Range checks stay in each
+config's `__post_init__` (they are about values, not the command line).
+
+Why in shards/: it is the bottom of the import graph (beside errors.py), so cli.py, preprocess/ and
+trainer/ all derive from the same code without importing torch or each other; click is imported
+only by `click_params`, so the trainer's command line does not need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bertprep.shards.errors import ConfigError
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, short: str | None = None,
+           negative: str | None = None, metavar: str | None = None, sep: str | None = None,
+           nargs: str | None = None, default_factory: Any = MISSING) -> Any:
+    """A dataclass field that is also a command-line flag.
+
+    flag: the flag's name when it is not the field's (`--format` for `fmt`); short: an extra short
+    name (`-o`); negative: the off switch of a boolean shown as a pair (`--cased`); metavar: the
+    placeholder in help; sep: a tuple given as one separated string (`--seeds 1,2,3`); nargs: a
+    tuple given as several words (`--shards a b`, argparse only; in click a tuple is repeatable)."""
+    meta = {"help": help, "flag": flag, "short": short, "negative": negative, "metavar": metavar, "sep": sep,
+            "nargs": nargs}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": meta})
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag as derived from its field."""
+
+    name: str                    # "--max-len"
+    dest: str                    # "max_len": the flat key (keyword, TOML key with '_' or '-')
+    path: tuple[str, ...]        # the field's attribute path in the config: ("pack", "max_len")
+    type: Any                    # the value's type (of each element for a tuple): int, float, str, bool, Path
+    default: Any                 # MISSING when required
+    choices: tuple | None        # from a Literal type
+    optional: bool               # None is allowed
+    many: bool                   # a tuple of values
+    help: str
+    meta: dict
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+    def show(self) -> str:
+        """The flag as error messages name it."""
+        return self.name
+
+
+def _unwrap(hint) -> tuple[Any, bool, bool, tuple | None]:
+    """(base type, optional, many, choices) of a field's type hint."""
+    optional = many = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0] if len(args) == 1 else hint
+    if typing.get_origin(hint) is tuple:
+        many, hint = True, typing.get_args(hint)[0]
+    choices = None
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        hint = type(choices[0])
+    return hint, optional, many, choices
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _component(cls, f: dataclasses.Field):
+    hint = _hints(cls)[f.name]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+@functools.cache
+def flags(cls) -> tuple[Flag, ...]:
+    """Every flag of `cls` and of the components it is made of, in field order."""
+    out: list[Flag] = []
+    for f in dataclasses.fields(cls):
+        sub = _component(cls, f)
+        if sub is not None:
+            out += [dataclasses.replace(x, path=(f.name, *x.path)) for x in flags(sub)]
+            continue
+        meta = f.metadata.get("option")
+        if meta is None:
+            continue
+        base, optional, many, choices = _unwrap(_hints(cls)[f.name])
+        name = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        out.append(Flag(name=name, dest=name.lstrip("-").replace("-", "_"), path=(f.name,), type=base, default=default,
+                        choices=choices, optional=optional, many=many, help=meta["help"], meta=meta))
+    seen: dict[str, Flag] = {}
+    for x in out:
+        if x.dest in seen:  # a bug in the configs, not bad input
+            raise TypeError(f"{cls.__name__}: flag {x.name} is defined twice ({seen[x.dest].path} and {x.path})")
+        seen[x.dest] = x
+    return tuple(out)
+
+
+def flag_named(cls, dest: str) -> Flag:
+    return {x.dest: x for x in flags(cls)}[dest]
+
+
+@functools.cache
+def _choices(cls) -> dict[str, tuple[str, tuple]]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        _, _, _, choices = _unwrap(_hints(cls)[f.name])
+        if choices is not None:
+            meta = f.metadata.get("option") or {}
+            out[f.name] = (meta.get("flag") or "--" + f.name.replace("_", "-"), choices)
+    return out
+
+
+def check(cfg) -> None:
+    """Raise ConfigError naming the flag when a `Literal` field holds a value outside its choices."""
+    for name, (flag, choices) in _choices(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value is None and name not in _required_choice(type(cfg)):
+            continue
+        if value not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+@functools.cache
+def _required_choice(cls) -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(cls) if not _unwrap(_hints(cls)[f.name])[1])
+
+
+def _convert(x: Flag, value):
+    """A flag's value as the field wants it: tuples from lists or separated strings, paths as Path."""
+    if value is None:
+        return None
+    if x.many:
+        if isinstance(value, str):
+            parts = [v for v in value.split(x.meta["sep"])] if x.meta["sep"] else [value]
+        else:
+            parts = list(value)
+        if x.type in (int, float):
+            try:
+                parts = [x.type(v) for v in parts]
+            except (TypeError, ValueError):
+                what = "integers such as 1,2,3" if x.type is int else "numbers"
+                raise ConfigError(f"{x.name} takes comma-separated {what}, got {value!r}") from None
+        return tuple(Path(v) if x.type is Path else v for v in parts)
+    if x.type is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def build(cls, values: dict, *, where: str = ""):
+    """`cls` from flat keys: flags by their dest (TOML spelling with '-' works too), and any plain
+    field of `cls` or a component by its name. Components are built from their own flags; a key
+    nothing takes is a ConfigError (`where` says where it came from)."""
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    taken: set[str] = set()
+    cfg = _build(cls, values, taken)
+    unknown = sorted(set(values) - taken)
+    if unknown:
+        raise ConfigError(f"{where + ': ' if where else ''}unknown setting {unknown[0]!r}")
+    return cfg
+
+
+def _build(cls, values: dict, taken: set):
+    by_path = {x.path: x for x in flags(cls)}
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        sub = _component(cls, f)
+        if sub is not None:
+            if f.name in values and dataclasses.is_dataclass(values[f.name]):  # a component given whole
+                kwargs[f.name] = values[f.name]
+                taken.add(f.name)
+            else:
+                kwargs[f.name] = _build(sub, values, taken)
+            continue
+        x = by_path.get((f.name,))
+        key = x.dest if x is not None else f.name
+        if key in values:
+            kwargs[f.name] = _convert(x, values[key]) if x is not None else values[key]
+            taken.add(key)
+    return cls(**kwargs)
+
+
+def flat(cfg) -> dict:
+    """The config as flat flag keys with plain values (lists for tuples, str for paths): what a run
+    records, and what `--config` reads back."""
+    out = {}
+    for x in flags(type(cfg)):
+        value = cfg
+        for attr in x.path:
+            value = getattr(value, attr)
+        if isinstance(value, tuple):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        out[x.dest] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+# ---- command lines ------------------------------------------------------------------------------
+
+def click_params(cls, *, skip: tuple[str, ...] = ()) -> list:
+    """A click option per flag of `cls` (but the dests in `skip`), in field order."""
+    import click
+
+    def param(x: Flag):
+        m = x.meta
+        kind = {int: click.INT, float: click.FLOAT, Path: click.Path(path_type=Path)}.get(x.type, click.STRING)
+        if x.choices is not None:
+            kind = click.Choice([str(c) for c in x.choices])
+        names = [n for n in (m["short"], x.name) if n]
+        kw: dict[str, Any] = dict(help=x.help or None, metavar=m["metavar"], required=x.required)
+        if x.type is bool and m["negative"]:
+            names = [f"{x.name}/{m['negative']}"]
+            kw.update(default=x.default, show_default=True)
+        elif x.type is bool:
+            kw.update(is_flag=True)
+        elif x.many and not m["sep"]:
+            kw.update(type=kind, multiple=True)
+        elif x.many:  # one separated string, split by `build`
+            kw.update(type=click.STRING)
+        else:
+            kw.update(type=kind)
+            if x.default not in (MISSING, None):
+                kw.update(default=x.default, show_default=True)
+        return click.Option([*names, x.dest], **{k: v for k, v in kw.items() if v is not None})
+
+    return [param(x) for x in flags(cls) if x.dest not in skip]
+
+
+def add_arguments(parser, cls, *, groups: bool = True) -> None:
+    """argparse arguments for every flag of `cls`, a group per component (its docstring's first line)."""
+    import argparse
+
+    def add(target, x: Flag):
+        kw: dict[str, Any] = dict(dest=x.dest, help=x.help)
+        if x.type is bool:
+            kw.update(action=argparse.BooleanOptionalAction, default=x.default)
+        elif x.many:  # several words; None when not given, so the field's default applies
+            kw.update(nargs=x.meta["nargs"] or "*", metavar=x.meta["metavar"] or "PATH")
+        elif x.choices is not None:
+            kw.update(choices=list(x.choices), default=x.default)
+        else:
+            kw.update(type=x.type if x.type is not Path else str, default=x.default, metavar=x.meta["metavar"])
+        target.add_argument(x.name, **{k: v for k, v in kw.items() if v is not None or k == "default"})
+
+    targets: dict[str, Any] = {}
+    for x in flags(cls):
+        if not groups or len(x.path) == 1:
+            add(parser, x)
+            continue
+        if x.path[0] not in targets:
+            sub = _component(cls, next(f for f in dataclasses.fields(cls) if f.name == x.path[0]))
+            targets[x.path[0]] = parser.add_argument_group((sub.__doc__ or x.path[0]).strip().split("\n")[0])
+        add(targets[x.path[0]], x)
