@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from bertprep.preprocess.sharding import ShardConfig, run_shard
     from bertprep.preprocess.tokenizing import TokenizeConfig, run_tokenize
     from bertprep.preprocess.vocab import VocabConfig
+    from bertprep.shards import options
 
     print(machine_line())
     print(versions("distributed", "numpy", "pyarrow", "tokenizers"))
@@ -92,13 +93,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"trained a 30,522 WordPiece vocab in {time.perf_counter() - t0:.1f}s (not timed)")
 
         def tok(out, where=None):
-            return run_tokenize(TokenizeConfig(inputs=(args.corpus,), out=tmp / out, overwrite=True, progress=False,
-                                               workers=args.workers, chunk_mb=args.chunk_mb, cluster=where,
-                                               vocab=VocabConfig(tokenizer=tokenizer)))
+            return run_tokenize(options.build(TokenizeConfig, dict(
+                inputs=(args.corpus,), out=tmp / out, overwrite=True, progress=False, workers=args.workers,
+                chunk_mb=args.chunk_mb, cluster=where, tokenizer=tokenizer)))
 
         def shard(tokens, out, where=None):
-            return run_shard(ShardConfig(tokens=tmp / tokens, out=tmp / out, max_len=args.max_len, seed=1,
-                                         workers=args.workers, overwrite=True, progress=False, cluster=where))
+            return run_shard(options.build(ShardConfig, dict(
+                tokens=tmp / tokens, out=tmp / out, max_len=args.max_len, seed=1, workers=args.workers,
+                overwrite=True, progress=False, cluster=where)))
 
         runs = {"tokenize local": timed(lambda: tok("tok-local")),
                 "shard local": timed(lambda: shard("tok-local", "shard-local"))}

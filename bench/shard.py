@@ -36,9 +36,10 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 def side_bertprep(args) -> None:
     from bertprep.preprocess.sharding import ShardConfig, run_shard
+    from bertprep.shards import options
 
-    cfg = ShardConfig(tokens=args.tokens, out=args.out, max_len=args.max_len, seed=1, workers=args.workers,
-                      overwrite=True, progress=False)
+    cfg = options.build(ShardConfig, dict(tokens=args.tokens, out=args.out, max_len=args.max_len, seed=1,
+                                          workers=args.workers, overwrite=True, progress=False))
     t0, c0 = time.perf_counter(), cpu_seconds()
     if args.profile:
         import cProfile

@@ -69,10 +69,6 @@ class Flag:
     def required(self) -> bool:
         return self.default is MISSING
 
-    def show(self) -> str:
-        """The flag as error messages name it."""
-        return self.name
-
 
 def _unwrap(hint) -> tuple[Any, bool, bool, tuple | None]:
     """(base type, optional, many, choices) of a field's type hint."""
@@ -131,29 +127,24 @@ def flag_named(cls, dest: str) -> Flag:
 
 
 @functools.cache
-def _choices(cls) -> dict[str, tuple[str, tuple]]:
+def _choices(cls) -> dict[str, tuple[str, tuple, bool]]:
+    """field -> (flag, choices, None allowed) for the `Literal` fields of `cls`."""
     out = {}
     for f in dataclasses.fields(cls):
-        _, _, _, choices = _unwrap(_hints(cls)[f.name])
+        _, optional, _, choices = _unwrap(_hints(cls)[f.name])
         if choices is not None:
             meta = f.metadata.get("option") or {}
-            out[f.name] = (meta.get("flag") or "--" + f.name.replace("_", "-"), choices)
+            out[f.name] = (meta.get("flag") or "--" + f.name.replace("_", "-"), choices, optional)
     return out
 
 
 def check(cfg) -> None:
-    """Raise ConfigError naming the flag when a `Literal` field holds a value outside its choices."""
-    for name, (flag, choices) in _choices(type(cfg)).items():
+    """Raise ConfigError naming the flag when a `Literal` field holds a value outside its choices
+    (every config with one calls this first in `__post_init__`)."""
+    for name, (flag, choices, optional) in _choices(type(cfg)).items():
         value = getattr(cfg, name)
-        if value is None and name not in _required_choice(type(cfg)):
-            continue
-        if value not in choices:
+        if value not in choices and not (value is None and optional):
             raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
-@functools.cache
-def _required_choice(cls) -> frozenset:
-    return frozenset(f.name for f in dataclasses.fields(cls) if not _unwrap(_hints(cls)[f.name])[1])
 
 
 def _convert(x: Flag, value):
@@ -207,8 +198,10 @@ def _build(cls, values: dict, taken: set):
         x = by_path.get((f.name,))
         key = x.dest if x is not None else f.name
         if key in values:
-            kwargs[f.name] = _convert(x, values[key]) if x is not None else values[key]
             taken.add(key)
+            if x is not None and values[key] is None and not x.optional:
+                continue  # a flag not given (click and argparse say None): the field's default
+            kwargs[f.name] = _convert(x, values[key]) if x is not None else values[key]
     return cls(**kwargs)
 
 
