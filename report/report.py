@@ -30,12 +30,13 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import BertprepError, ConfigError, InputError
-from bertprep.shards.options import option
+from bertprep.shards.options import flag_named, option
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.report import page
 from bertprep.trainer.artifacts import find_tokenizer
+from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.dist import Dist
 from bertprep.trainer.evaluation import default_val_shards, to_device, val_stream, validate
@@ -119,7 +120,7 @@ def _pretrain_predictions(run: RunLog, cfg: ReportConfig, config: dict, notes: l
     trained = Bert(mcfg)
     trained.load_state_dict(ck["model"])
     with torch.random.fork_rng(devices=[]):  # the run's own initial weights: the trainer seeds, then builds
-        torch.manual_seed(int((ck.get("config") or {}).get("seed", 1234)))
+        torch.manual_seed(int((ck.get("config") or {}).get("seed", flag_named(TrainConfig, "seed").default)))
         untrained = Bert(mcfg)
     d = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     stream = val_stream(shards, cfg.batch_size, d)

@@ -12,6 +12,7 @@ derives:
 | argparse arguments         | `add_arguments(p, cls)` | trainer/run.py                       |
 | a config from flat keys    | `build(cls, values)`| cli.py, run.py (flags and TOML keys), recipes |
 | flat keys from a config    | `flat(cfg)`         | the run's recorded config                |
+| a Markdown flag table      | `markdown(cls)`     | docs (generated, never copied by hand)   |
 | the choices check          | `check(cfg)`        | every config's `__post_init__`           |
 
 Flags stay flat (`--lr`, TOML key `lr`) however the config nests (`TrainConfig.optim.lr`): a field
@@ -217,6 +218,21 @@ def flat(cfg) -> dict:
             value = [str(v) if isinstance(v, Path) else v for v in value]
         out[x.dest] = str(value) if isinstance(value, Path) else value
     return out
+
+
+def markdown(cls) -> str:
+    """The flags of `cls` as a Markdown table (flag, default, help), for docs generated from the code."""
+    bar = "\\|"
+    rows = ["| flag | default | what it sets |", "|---|---|---|"]
+    for x in flags(cls):
+        if x.type is bool:
+            default = "on" if x.default else "off"
+        else:
+            default = "required" if x.required else "" if x.default in (None, ()) else f"`{x.default}`"
+        choices = " (" + f" {bar} ".join(map(str, x.choices)) + ")" if x.choices else ""
+        names = "`" + "`, `".join(n for n in (x.meta["short"], x.name, x.meta["negative"]) if n) + "`"
+        rows.append(f"| {names}{choices} | {default} | {x.help.replace('|', bar)} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---- command lines ------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -144,3 +146,18 @@ def test_unknown_keys_are_refused(tmp_path):
         parse_config(["--config", str(toml)])
     with pytest.raises(ConfigError, match="unknown setting"):
         options.build(TrainConfig, {"shards": ("x",), "nonsense": 1})
+
+
+def test_the_command_list_imports_no_config_module():
+    """Options are derived when a command runs or shows its help, so `bertprep --help` stays instant."""
+    code = ("import sys\nfrom bertprep.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'bertprep.preprocess.tokenizing', 'bertprep.finetune.tune') if m in sys.modules]\n"
+            "sys.exit(1 if heavy else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_markdown_table_lists_every_flag_once():
+    table = options.markdown(TrainConfig)
+    for x in options.flags(TrainConfig):
+        assert table.count(f"| `{x.name}`") == 1, x.name
+    assert "| `--lr` | `0.0001` | peak learning rate |" in table
