@@ -154,7 +154,7 @@ def _convert(x: Flag, value):
         return None
     if x.many:
         if isinstance(value, str):
-            parts = [v for v in value.split(x.meta["sep"])] if x.meta["sep"] else [value]
+            parts = value.split(x.meta["sep"]) if x.meta["sep"] else [value]
         else:
             parts = list(value)
         if x.type in (int, float):
@@ -169,16 +169,16 @@ def _convert(x: Flag, value):
     return value
 
 
-def build(cls, values: dict, *, where: str = ""):
+def build(cls, values: dict):
     """`cls` from flat keys: flags by their dest (TOML spelling with '-' works too), and any plain
     field of `cls` or a component by its name. Components are built from their own flags; a key
-    nothing takes is a ConfigError (`where` says where it came from)."""
+    nothing takes is a ConfigError."""
     values = {k.replace("-", "_"): v for k, v in values.items()}
     taken: set[str] = set()
     cfg = _build(cls, values, taken)
     unknown = sorted(set(values) - taken)
     if unknown:
-        raise ConfigError(f"{where + ': ' if where else ''}unknown setting {unknown[0]!r}")
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
     return cfg
 
 
