@@ -114,5 +114,6 @@ def test_two_ranks_on_a_time_budget_stop_together_annealed(uneven, tmp_path):
     end = recs[-1]
     assert end["event"] == "end" and end["stopped"] == "max_time"
     rates = [r["lr"] for r in recs if "lr" in r]
-    assert len(rates) > 20 and rates[-1] < 0.05 * 3e-3
+    # past the 3 warm-up steps (how many more depends on the machine's speed, not on the code)
+    assert len(rates) > 3 and rates[-1] < 0.05 * 3e-3
     assert ckpt_io.load(ckpt_io.newest(out))["train_s"] >= 3.0
