@@ -220,7 +220,7 @@ def test_mismatched_shards_are_refused(syn, tmp_path, capsys):
     bigger = write_synthetic_shards(tmp_path / "bigger", rows=[64], vocab_size=80, nsp=True)
     with pytest.raises(ShardFormatError, match="vocab_size=64 but these shards have vocab_size=80"):
         train(make_cfg(tmp_path / "bigger", tmp_path / "run", resume=True))
-    assert bigger
+    assert ckpt_io.newest(tmp_path / "run") == ckpt_io.checkpoint_path(tmp_path / "run", 2)  # left as it was
 
 
 def test_bad_input_is_one_line_and_exit_2(syn, tmp_path, capsys):
