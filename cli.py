@@ -439,6 +439,13 @@ def main(argv: list[str] | None = None) -> None:
     except BertprepError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a path the user gave that the system refused (too long, under a file, ...)
+        from bertprep.shards.atomic import path_error
+
+        if (line := path_error(e)) is None:
+            raise
+        click.echo(f"error: {line}", err=True)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

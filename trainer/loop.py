@@ -102,6 +102,7 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     shards = open_shards(cfg.shards)
     _check_shards(cfg, shards, d)
+    _check_named_inputs(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.out or phases.default_out(cfg, data))
     ck = _checkpoint_to_resume(cfg, run_dir, data, shards)
@@ -198,6 +199,15 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: l
     ck = ckpt_io.load(latest)
     phases.check_resume(ck, data, shards, latest)  # the same phase only; names --init-from otherwise
     return ck
+
+
+def _check_named_inputs(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
+    """Files named by --val-shards and --vocab are opened before the run directory is made, even when
+    validation is off: a wrong path is refused with nothing written, not ignored."""
+    if cfg.val_shards:
+        open_shards(cfg.val_shards)
+    if cfg.vocab and d.is_main:
+        vocab_for(shards[0].path, shards[0].meta, cfg.vocab)
 
 
 def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
