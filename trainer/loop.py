@@ -33,7 +33,7 @@ from bertprep.trainer.config import ModelConfig, TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
 from bertprep.trainer.model import Bert, pretraining_loss
-from bertprep.trainer.optim import BudgetProgress, build_optimizer, build_scheduler
+from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
@@ -141,6 +141,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        apply_rates(opt, sched, cfg, rescale=cfg.schedule == "time")  # the resuming run's --lr, betas, eps, decay
         start_batch = stream.load_state_dict(ck["loader"])
         _restore_rng(ck["rng"], d)
         step = int(ck["step"])
