@@ -237,10 +237,14 @@ def test_bad_input_is_one_line_and_exit_2(syn, tmp_path, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
 
 
-def test_existing_run_needs_resume(syn, tmp_path):
+def test_existing_run_needs_resume(syn, tmp_path, capsys):
     train(make_cfg(syn, tmp_path / "run", max_steps=2))
     with pytest.raises(ConfigError, match="--resume"):
         train(make_cfg(syn, tmp_path / "run", max_steps=4))
+    # --resume where there is no checkpoint yet starts the run (one command for start and restart), saying so
+    capsys.readouterr()
+    assert train(make_cfg(syn, tmp_path / "new", max_steps=2, resume=True))["step"] == 2
+    assert "warning: --resume: no checkpoint in" in capsys.readouterr().err
 
 
 def test_a_resumed_run_trains_at_its_own_rates(syn, tmp_path):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     _check_named_inputs(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.out or phases.default_out(cfg, data))
-    ck = _checkpoint_to_resume(cfg, run_dir, data, shards)
+    ck = _checkpoint_to_resume(cfg, run_dir, data, shards, d)
     start = None if ck else phases.starting_point(cfg, data)  # --init-from / --init-from-hf weights
     log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, quiet=cfg.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
@@ -190,12 +191,14 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     return run
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list) -> dict | None:
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list, d: dist.Dist) -> dict | None:
     latest = ckpt_io.newest(run_dir)
     if latest is not None and not cfg.resume:
         raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
                           f"that run or --out for a new one")
     if latest is None:
+        if cfg.resume and d.is_main:  # the same command starts a run and continues it after a preemption
+            sys.stderr.write(f"warning: --resume: no checkpoint in {run_dir} yet; starting a new run there\n")
         return None
     ck = ckpt_io.load(latest)
     phases.check_resume(ck, data, shards, latest)  # the same phase only; names --init-from otherwise
