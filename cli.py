@@ -343,11 +343,20 @@ def main(argv: list[str] | None = None) -> None:
     except BertprepError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a path the user gave that the system refused (too long, under a file, ...)
+        from bertprep.shards.atomic import path_error
+
+        if (line := path_error(e)) is None:
+            raise
+        click.echo(f"error: {line}", err=True)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:  # bad flags: click's own message, but our exit code
-        e.show()
+    except click.ClickException as e:  # unknown flag, missing argument, bad choice: one line, like any bad input
+        where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
+        hint = "; see --help" if isinstance(e, click.UsageError) else ""
+        click.echo(f"error: {where}{' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

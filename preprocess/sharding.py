@@ -34,7 +34,7 @@ from bertprep.preprocess.seeding import STAGE_EXAMPLES, rng_for
 from bertprep.preprocess.splits import assign_documents, chunk_documents, parse_split
 from bertprep.shards import naming, schema
 from bertprep.shards.arrow_ipc import ArrowShardWriter
-from bertprep.shards.atomic import environment_errors, remove_stale_temps
+from bertprep.shards.atomic import environment_errors, remove_stale_temps, write_json
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.manifest import read_manifest, write_manifest
 from bertprep.shards.naming import ShardFormat
@@ -350,40 +350,59 @@ def _run_shard(cfg: ShardConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     with _lock(cfg.out):
         _prepare_out(cfg, plan.label, plan.run)
-        if cfg.cluster.address:
-            from bertprep.preprocess.sharding_cluster import shard_on_cluster
-
-            files, sums, chunks, where = shard_on_cluster(cfg, plan)
-        else:
-            files, sums, chunks = _shard_here(cfg, plan)
-            where = None
-        stats, empty = {}, []
-        for split, s in sums.items():
-            if s["examples"] == 0:
-                empty.append(split)
-            stats[split] = {
-                "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
-                "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
-                "padding_fraction": round(1 - s["real_tokens"] / max(s["examples"] * cfg.max_len, 1), 6),
-            }
-        if not files:
-            raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
-        all_real = sum(v["real_tokens"] for v in stats.values())
-        all_examples = sum(v["examples"] for v in stats.values())
-        body = {
-            "label": plan.label, "run": plan.run, "meta": plan.meta, "tokens_dir": str(cfg.tokens), "files": files,
-            "splits": stats, "empty_splits": empty,
-            "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
-            "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
-        }
-        try:
-            manifest = write_manifest(cfg.out / naming.manifest_name(plan.label, cfg.max_len, cfg.seed), body)
-        except BaseException:
-            _remove_parts(cfg.out, files)
-            raise
+        with _unfinished(cfg.out / naming.unfinished_name(plan.label, cfg.max_len, cfg.seed)):
+            manifest, all_examples, chunks, where = _write_run(cfg, plan)
     seconds = time.perf_counter() - t0
     return {"manifest": manifest, "seconds": seconds, "examples_per_s": all_examples / seconds, "chunks": chunks,
             "cluster": where}
+
+
+@contextlib.contextmanager
+def _unfinished(marker: Path) -> Iterator[None]:
+    """Marks a run's parts as not to be used until its manifest is written. A run killed inside the
+    block leaves the marker and readers (verify, the trainer) refuse its parts; any other exit
+    (done, or failed with its parts removed) removes it."""
+    write_json(marker, {"pid": os.getpid()})
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _write_run(cfg: ShardConfig, plan: "RunPlan") -> tuple[dict, int, int, str | None]:
+    """The parts and the manifest of a run; (manifest, examples, chunks, cluster address)."""
+    if cfg.cluster.address:
+        from bertprep.preprocess.sharding_cluster import shard_on_cluster
+
+        files, sums, chunks, where = shard_on_cluster(cfg, plan)
+    else:
+        files, sums, chunks = _shard_here(cfg, plan)
+        where = None
+    stats, empty = {}, []
+    for split, s in sums.items():
+        if s["examples"] == 0:
+            empty.append(split)
+        stats[split] = {
+            "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
+            "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
+            "padding_fraction": round(1 - s["real_tokens"] / max(s["examples"] * cfg.max_len, 1), 6),
+        }
+    if not files:
+        raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
+    all_real = sum(v["real_tokens"] for v in stats.values())
+    all_examples = sum(v["examples"] for v in stats.values())
+    body = {
+        "label": plan.label, "run": plan.run, "meta": plan.meta, "tokens_dir": str(cfg.tokens), "files": files,
+        "splits": stats, "empty_splits": empty,
+        "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
+        "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
+    }
+    try:
+        manifest = write_manifest(cfg.out / naming.manifest_name(plan.label, cfg.max_len, cfg.seed), body)
+    except BaseException:
+        _remove_parts(cfg.out, files)
+        raise
+    return manifest, all_examples, chunks, where
 
 
 def _shard_here(cfg: ShardConfig, plan: RunPlan) -> tuple[list[dict], dict, int]:

@@ -257,6 +257,9 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
         check_input(p)
         if p.stat().st_size == 0:
             raise InputError(f"{p}: empty file, no text to tokenize")
+    for given in (cfg.vocab.vocab, cfg.vocab.tokenizer):  # before --out is touched: a refusal writes nothing
+        if given:
+            check_input(given)
     if cfg.workers:
         # tokenizers sizes its Rust thread pool from this variable when it first encodes in parallel.
         os.environ["RAYON_RS_NUM_THREADS"] = str(cfg.workers)

@@ -74,6 +74,10 @@ def write_report(cfg: ReportConfig) -> dict:
     out = Path(cfg.out)
     if not out.parent.is_dir():
         raise InputError(f"-o {out}: no such directory {out.parent}")
+    for given in cfg.val:  # named by the user: a wrong path is a mistake, not a report without figures
+        if not Path(given).is_file():
+            raise InputError(f"--val {given}: no such file (validation shard files for a pretraining run, "
+                             "a labelled file for a fine-tuning run)")
     run = read_run(cfg.run)
     curves = "data:image/png;base64," + base64.b64encode(figure_bytes(draw([run]), "png", 90)).decode()
     build = _finetune if run.kind == "finetune" else _pretrain

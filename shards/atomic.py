@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import IO, Iterator
 
-from bertprep.shards.errors import OutputError, ShardFormatError
+from bertprep.shards.errors import BertprepError, InputError, OutputError, ShardFormatError
 
 TMP_SUFFIX = ".tmp"
 
@@ -69,6 +69,26 @@ ENVIRONMENT_ERRNOS = {
     errno.EACCES: "permission denied; choose another output directory",
     errno.EPERM: "operation not permitted; choose another output directory",
 }
+
+
+# An OSError about a path the user gave (a name too long, a file where a directory must be, ...):
+# one line naming the path, not a traceback. Any other OSError is a bug and keeps its traceback.
+PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "file name too long; choose a shorter path",
+    errno.ENOTDIR: "a part of this path is a file, not a directory; choose another path",
+    errno.EISDIR: "is a directory; name a file",
+    errno.EEXIST: "exists and is not a directory; choose another path",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.ENOENT: "no such file or directory",
+    **ENVIRONMENT_ERRNOS,
+}
+
+
+def path_error(e: OSError) -> BertprepError | None:
+    """The one-line error for an OSError about a named path (see PATH_ERRNOS), else None."""
+    if e.filename is None or e.errno not in PATH_ERRNOS:
+        return None
+    return InputError(f"{e.filename}: {PATH_ERRNOS[e.errno]}")
 
 
 @contextlib.contextmanager

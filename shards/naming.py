@@ -1,7 +1,8 @@
 """The file-name grammar of bertprep's outputs: the only place that builds or parses a data file name.
 
 Shards are `{split}_{label}_{maxlen}_{seed}_{part:05d}.arrow` (or `.msgpack.zst`) and each shard
-run has `{label}_{maxlen}_{seed}.manifest.json`. Overwrite and clean-up only ever touch names this
+run has `{label}_{maxlen}_{seed}.manifest.json`, written last; while a run writes, and after it is
+killed, the hidden `.{label}_{maxlen}_{seed}.unfinished` marks its parts as not to be used. Overwrite and clean-up only ever touch names this
 grammar accepts, so code modules that share the `shards/` folder are never at risk.
 """
 
@@ -64,6 +65,10 @@ def parse_shard_name(path: Path | str) -> ShardName | None:
 
 def manifest_name(label: str, max_len: int, seed: int) -> str:
     return f"{label}_{max_len}_{seed}.manifest.json"
+
+
+def unfinished_name(label: str, max_len: int, seed: int) -> str:
+    return f".{label}_{max_len}_{seed}.unfinished"
 
 
 def is_manifest_name(path: Path | str) -> bool:

@@ -13,14 +13,18 @@ import numpy as np
 
 from bertprep.shards import naming
 from bertprep.shards.atomic import sha256_file
+from bertprep.shards.errors import InputError
 
 
 def find_vocab(shard_path: Path, meta: dict, explicit: Path | None = None) -> list[str] | None:
-    """The vocab for a shard: `explicit`, else the token store named in the run's manifest, accepted
-    only when its tokenizer's sha256 is the one the shard records."""
-    candidates = [explicit] if explicit else []
+    """The vocab for a shard: `explicit` (refused unless it is a readable vocab.txt of the shard's
+    size), else the token store named in the run's manifest, accepted only when its tokenizer's
+    sha256 is the one the shard records; None when none is found."""
+    if explicit:
+        return _explicit_vocab(Path(explicit), meta["vocab_size"])
+    candidates = []
     sn = naming.parse_shard_name(shard_path)
-    if sn and not explicit:
+    if sn:
         mpath = Path(shard_path).parent / naming.manifest_name(sn.label, sn.max_len, sn.seed)
         try:
             tokens_dir = json.loads(mpath.read_text(encoding="utf-8")).get("tokens_dir")
@@ -32,10 +36,28 @@ def find_vocab(shard_path: Path, meta: dict, explicit: Path | None = None) -> li
     for vocab_path in candidates:
         if vocab_path and vocab_path.is_file():
             tok = vocab_path.with_name("tokenizer.json")
-            if explicit or (tok.is_file() and sha256_file(tok) == meta.get("tokenizer_sha256")):
+            if tok.is_file() and sha256_file(tok) == meta.get("tokenizer_sha256"):
                 vocab = vocab_path.read_text(encoding="utf-8").split("\n")
                 return vocab[: meta["vocab_size"]]
     return None
+
+
+def _explicit_vocab(path: Path, size: int) -> list[str]:
+    """A vocab.txt the user named: one token per line, as many lines as the shard's vocabulary."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
+        raise InputError(f"--vocab {path}: no such vocab file (give the vocab.txt of the token store the "
+                         "shards were made from)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--vocab {path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
+    words = text.split("\n")
+    if words[-1] == "":  # the newline that ends the last line
+        words.pop()
+    if len(words) != size:
+        raise InputError(f"--vocab {path}: {len(words):,} tokens, but the shards were made with a vocabulary of "
+                         f"{size:,}; give the vocab.txt of the token store the shards were made from")
+    return words
 
 
 def token_text(vocab: list[str] | None, i: int) -> str:

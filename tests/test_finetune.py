@@ -87,12 +87,21 @@ def test_finetuning_learns_and_the_checkpoint_predicts_identically(pretrained, l
 
 
 def test_from_scratch_trains_the_same_architecture(pretrained, labelled, tmp_path):
-    out = tmp_path / "scratch"
-    assert run_cli(["finetune", "--checkpoint", pretrained, "--train", labelled / "train.jsonl", "--val",
-                    labelled / "val.jsonl", "--out", out, "--epochs", "1", "--from-scratch", "--max-len", "64"]) == 0
-    ckpt = torch.load(out / "best.pt", weights_only=True)
-    pre = load_pretrained(pretrained)
-    assert not torch.equal(ckpt["model"]["bert.embed.tok.weight"], pre.state["embed.tok.weight"])
+    # At a learning rate too small to move anything, the weights a run keeps are the ones it started
+    # from: the pretrained ones without --from-scratch, unrelated random ones with it. ("The weights
+    # changed" would not tell them apart: any fine-tuning changes them.)
+    pre = load_pretrained(pretrained).state["embed.tok.weight"].float().flatten()
+    kept = {}
+    for name, extra in (("scratch", ["--from-scratch"]), ("loaded", [])):
+        out = tmp_path / name
+        assert run_cli(["finetune", "--checkpoint", pretrained, "--train", labelled / "train.jsonl", "--val",
+                        labelled / "val.jsonl", "--out", out, "--epochs", "1", "--max-len", "64", "--lr", "1e-12",
+                        *extra]) == 0
+        state = torch.load(out / "best.pt", weights_only=True)["model"]
+        assert state["bert.embed.tok.weight"].shape == load_pretrained(pretrained).state["embed.tok.weight"].shape
+        kept[name] = state["bert.embed.tok.weight"].float().flatten()
+    assert torch.corrcoef(torch.stack([kept["loaded"], pre]))[0, 1] > 0.999
+    assert abs(torch.corrcoef(torch.stack([kept["scratch"], pre]))[0, 1]) < 0.1
 
 
 def test_fill_mask_ranks_the_right_token_first_on_an_overfit_sentence(tmp_path, capsys):

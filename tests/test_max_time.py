@@ -2,12 +2,14 @@
 out) reaches the budget, with a final validation and a loadable checkpoint; `--val-minutes`
 validates at marks of that same clock; the clock is carried through a checkpoint, so a resumed run
 whose budget is spent does nothing; `--schedule time` decays the learning rate over that budget so
-the run ends annealed whatever its speed; bad values are one line and exit 2."""
+the run ends annealed whatever its speed; bad values are one line and exit 2.
+
+The trainer's clock is a fake here (`fake_clock`): each reading advances it by a fixed tick, so what
+these tests check depends on the step count, never on how busy the machine is."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,31 @@ from bertprep.trainer.synthetic import write_synthetic_shards
 BUDGET_MIN = 0.05          # 3 seconds of training
 VAL_EVERY_MIN = 0.02       # marks at 1.2 s and 2.4 s of training time, then the final validation
 VAL_PAUSE_S = 0.4          # each validation is slowed by this much: it must not count as training
+TICK_S = 0.01              # what one reading of the fake clock advances it by
+
+
+class FakeClock:
+    """Stands in for the `time` module in trainer/loop.py: wall and CPU time advance by TICK_S per
+    reading, and `pause(s)` moves them on as a slow validation would."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def _tick(self) -> float:
+        self.now += TICK_S
+        return self.now
+
+    perf_counter = process_time = _tick
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch) -> FakeClock:
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
+    return clock
 
 
 
@@ -46,18 +73,19 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_max_time_stops_on_time_with_a_checkpoint_and_a_final_validation(shards, tmp_path, monkeypatch, capsys):
+def test_max_time_stops_on_time_with_a_checkpoint_and_a_final_validation(shards, tmp_path, monkeypatch, capsys,
+                                                                          fake_clock):
     real_validate = loop.validate
 
     def slow_validate(*a, **kw):
-        time.sleep(VAL_PAUSE_S)
+        fake_clock.pause(VAL_PAUSE_S)
         return real_validate(*a, **kw)
     monkeypatch.setattr(loop, "validate", slow_validate)
 
     run = tmp_path / "run"
-    t0 = time.perf_counter()
+    t0 = fake_clock.now
     assert main(args(shards, run, "--max-time", str(BUDGET_MIN), "--val-minutes", str(VAL_EVERY_MIN))) == 0
-    wall = time.perf_counter() - t0
+    wall = fake_clock.now - t0
     err = capsys.readouterr().err
     budget = BUDGET_MIN * 60
 
@@ -68,7 +96,7 @@ def test_max_time_stops_on_time_with_a_checkpoint_and_a_final_validation(shards,
     # Two timed marks and the final validation, at the last step, with the budget used up.
     assert len(vals) == 3 and vals[-1]["step"] == end["step"]
     assert [v["train_s"] >= mark for v, mark in zip(vals, (1.2, 2.4, budget))] == [True] * 3
-    assert budget <= vals[-1]["train_s"] < budget + 2.0  # stopped at the first step past the budget
+    assert budget <= vals[-1]["train_s"] < budget + 0.1  # stopped at the first step past the budget
     assert "--max-time 0.05 min of training reached" in err and "val " in err
     # Validation time was not training time: three slowed validations fit in the wall time on top.
     assert wall >= vals[-1]["train_s"] + 3 * VAL_PAUSE_S
@@ -82,7 +110,7 @@ def test_max_time_stops_on_time_with_a_checkpoint_and_a_final_validation(shards,
 
 def test_a_resumed_run_keeps_counting_its_budget(shards, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(args(shards, run, "--max-time", "0.01")) == 0  # 0.6 s
+    assert main(args(shards, run, "--max-time", "0.01")) == 0  # 0.6 s of the fake clock
     first = records(run)[-1]["step"]
     # The same budget is already spent: nothing to do, nothing written but the end record.
     assert main(args(shards, run, "--max-time", "0.01", "--resume")) == 0
@@ -92,7 +120,7 @@ def test_a_resumed_run_keeps_counting_its_budget(shards, tmp_path, capsys):
     # A larger budget continues from where the clock stood.
     assert main(args(shards, run, "--max-time", "0.02", "--resume")) == 0
     ck = ckpt_io.load(ckpt_io.newest(run))
-    assert ck["step"] > first and 1.2 <= ck["train_s"] < 1.2 + 2.0
+    assert ck["step"] > first and 1.2 <= ck["train_s"] < 1.2 + 0.1
 
 
 @pytest.mark.parametrize("flag,value", [("--max-time", "-1"), ("--val-minutes", "nan"), ("--max-time", "inf")])

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+from bertprep.preprocess import sharding
+from bertprep.preprocess.splits import chunk_documents
 from bertprep.shards.reader import open_shard
 from bertprep.shards.tokenstore import open_token_store
 from conftest import run_cli
@@ -144,7 +146,14 @@ def test_no_document_is_in_two_splits(nsp_shards, token_store):
     assert set(a_tokens.tolist()) <= val_tokens
 
 
-def test_byte_identical_across_worker_counts_and_seeds_differ(token_store, tmp_path):
+def test_byte_identical_across_worker_counts_and_seeds_differ(token_store, tmp_path, monkeypatch):
+    # The test store (~35k tokens) is smaller than one real chunk (2^18 tokens): with chunks of 1,024
+    # tokens the train split is dozens of tasks, so two workers really run tasks side by side and a
+    # writer that took results in completion order instead of task order would be caught.
+    monkeypatch.setattr(sharding, "CHUNK_TOKENS", 1024)
+    store = open_token_store(token_store)
+    doc_tokens = np.diff(store.sent_offsets[store.doc_offsets])
+    assert len(chunk_documents(np.arange(store.num_documents), doc_tokens, 1024)) >= 20
     for name, workers in (("w1", "1"), ("w2", "2")):
         assert shard(token_store, tmp_path / name, "--workers", workers, "--examples-per-shard", "700") == 0
     files = sorted(os.listdir(tmp_path / "w1"))

@@ -26,6 +26,7 @@ from bertprep.trainer.config import TrainConfig, train_config
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.run import evaluate, main, parse_config, train
 from bertprep.trainer.synthetic import write_synthetic_shards
+from conftest import train_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"model": "tiny", "layers": 2, "hidden": 32, "heads": 2, "ffn": 64}
@@ -68,8 +69,6 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
 
 
 def test_loss_falls_on_real_shards(pydocs_shards, tmp_path):
@@ -77,7 +76,7 @@ def test_loss_falls_on_real_shards(pydocs_shards, tmp_path):
     cfg = make_cfg(pydocs_shards, tmp_path / "run", max_steps=60, batch_size=16, lr=2e-3, warmup_steps=6,
                    log_interval=10, val_interval=60, val_examples=1, hidden=64, heads=2, ffn=256, dropout=0.0)
     summary = train(cfg)
-    curve = losses(tmp_path / "run")
+    curve = train_losses(tmp_path / "run")
     vocab = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["vocab_size"]
     assert curve[10] > math.log(vocab) - 1.0            # starts near chance over the vocabulary
     assert curve[60] < curve[10] - 1.0, curve           # and learns
@@ -116,7 +115,7 @@ def test_overfit_batches_drive_the_loss_under_0_1(syn, tmp_path):
     cfg = make_cfg(syn, tmp_path / "run", overfit_batches=1, max_steps=150, lr=1e-2, warmup_steps=10,
                    dropout=0.0, log_interval=10, hidden=64, heads=2, ffn=128, decay="cosine", min_lr=1e-3)
     train(cfg)
-    final = losses(tmp_path / "run")[150]
+    final = train_losses(tmp_path / "run")[150]
     assert final < 0.1, f"overfitting one batch ended at loss {final}"
 
 
@@ -135,7 +134,7 @@ def _stop_at(monkeypatch, batch_index: int):
 def test_stop_and_resume_reproduce_the_uninterrupted_losses(syn, tmp_path, monkeypatch):
     kw = dict(max_steps=12, grad_accum=2, dropout=0.1, ckpt_interval=4, max_checkpoints=10)
     train(make_cfg(syn, tmp_path / "whole", **kw))
-    whole = losses(tmp_path / "whole")
+    whole = train_losses(tmp_path / "whole")
     assert len(whole) == 12
 
     # Stopped by SIGTERM during step 5 (its 9th micro-batch): saves step 5 and exits cleanly.
@@ -145,14 +144,16 @@ def test_stop_and_resume_reproduce_the_uninterrupted_losses(syn, tmp_path, monke
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] == 5
     summary = train(make_cfg(syn, tmp_path / "split", resume=True, **kw))
     assert summary["first_step"] == 5 and summary["step"] == 12
-    assert losses(tmp_path / "split") == whole  # exactly equal, dropout and data order included
+    assert train_losses(tmp_path / "split") == whole  # exactly equal, dropout and data order included
 
-    # Killed outright after step 6: only the step-4 checkpoint survives; resuming from it matches too.
+    # Killed outright later on: only the step-4 checkpoint survives, beside a metrics.jsonl that logged
+    # every step; resuming from it drops the records past step 4 and reproduces them.
     killed = tmp_path / "killed"
     (killed / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt_io.checkpoint_path(tmp_path / "whole", 4), killed / "checkpoints")
+    shutil.copy(tmp_path / "whole" / "metrics.jsonl", killed)
     train(make_cfg(syn, killed, resume=True, **kw))
-    assert {s: v for s, v in losses(killed).items() if s > 4} == {s: v for s, v in whole.items() if s > 4}
+    assert train_losses(killed) == whole
 
 
 def test_sigterm_leaves_a_loadable_checkpoint(syn, tmp_path):
@@ -219,7 +220,7 @@ def test_mismatched_shards_are_refused(syn, tmp_path, capsys):
     bigger = write_synthetic_shards(tmp_path / "bigger", rows=[64], vocab_size=80, nsp=True)
     with pytest.raises(ShardFormatError, match="vocab_size=64 but these shards have vocab_size=80"):
         train(make_cfg(tmp_path / "bigger", tmp_path / "run", resume=True))
-    assert bigger
+    assert ckpt_io.newest(tmp_path / "run") == ckpt_io.checkpoint_path(tmp_path / "run", 2)  # left as it was
 
 
 def test_bad_input_is_one_line_and_exit_2(syn, tmp_path, capsys):
@@ -236,10 +237,30 @@ def test_bad_input_is_one_line_and_exit_2(syn, tmp_path, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
 
 
-def test_existing_run_needs_resume(syn, tmp_path):
+def test_existing_run_needs_resume(syn, tmp_path, capsys):
     train(make_cfg(syn, tmp_path / "run", max_steps=2))
     with pytest.raises(ConfigError, match="--resume"):
         train(make_cfg(syn, tmp_path / "run", max_steps=4))
+    # --resume where there is no checkpoint yet starts the run (one command for start and restart), saying so
+    capsys.readouterr()
+    assert train(make_cfg(syn, tmp_path / "new", max_steps=2, resume=True))["step"] == 2
+    assert "warning: --resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_a_resumed_run_trains_at_its_own_rates(syn, tmp_path):
+    """Every flag but the model's is the resuming run's: a new --lr (and weight decay) applies from
+    the first resumed step, on the schedule's curve at that step (the saved state would bring back
+    the old peak)."""
+    kw = dict(max_steps=20, warmup_steps=2, min_lr=0.0, ckpt_interval=10, log_interval=1)
+    train(make_cfg(syn, tmp_path / "run", lr=1e-2, weight_decay=0.01, **kw | {"max_steps": 10}))
+    train(make_cfg(syn, tmp_path / "run", lr=1e-3, weight_decay=0.1, resume=True, **kw))
+    whole = tmp_path / "whole"
+    train(make_cfg(syn, whole, lr=1e-3, weight_decay=0.1, **kw))
+    rates = {r["step"]: r["lr"] for r in records(tmp_path / "run") if "lr" in r}
+    want = {r["step"]: r["lr"] for r in records(whole) if "lr" in r}
+    assert all(rates[s] == pytest.approx(want[s], rel=1e-9) for s in range(11, 21))
+    ck = ckpt_io.load(ckpt_io.newest(tmp_path / "run"))
+    assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.1, 0.0]
 
 
 def test_config_file_sets_flags_and_the_command_line_wins(syn, tmp_path):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
 from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
-from bertprep.trainer.optim import BudgetProgress, build_optimizer, build_scheduler
+from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
@@ -102,9 +103,10 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     shards = open_shards(cfg.data.shards)
     _check_shards(cfg, shards, d)
+    _check_named_inputs(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.checkpoint.out or phases.default_out(cfg, data))
-    ck = _checkpoint_to_resume(cfg, run_dir, data, shards)
+    ck = _checkpoint_to_resume(cfg, run_dir, data, shards, d)
     start = None if ck else phases.starting_point(cfg, data)  # --init-from / --init-from-hf weights
     log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.loop.tensorboard, quiet=cfg.loop.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
@@ -140,6 +142,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        apply_rates(opt, sched, cfg.optim, rescale=cfg.optim.schedule == "time")  # the resuming run's --lr, betas, eps, decay
         start_batch = stream.load_state_dict(ck["loader"])
         _restore_rng(ck["rng"], d)
         step = int(ck["step"])
@@ -188,16 +191,27 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     return run
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list) -> dict | None:
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list, d: dist.Dist) -> dict | None:
     latest = ckpt_io.newest(run_dir)
     if latest is not None and not cfg.checkpoint.resume:
         raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
                           f"that run or --out for a new one")
     if latest is None:
+        if cfg.checkpoint.resume and d.is_main:  # the same command starts a run and continues it after a preemption
+            sys.stderr.write(f"warning: --resume: no checkpoint in {run_dir} yet; starting a new run there\n")
         return None
     ck = ckpt_io.load(latest)
     phases.check_resume(ck, data, shards, latest)  # the same phase only; names --init-from otherwise
     return ck
+
+
+def _check_named_inputs(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
+    """Files named by --val-shards and --vocab are opened before the run directory is made, even when
+    validation is off: a wrong path is refused with nothing written, not ignored."""
+    if cfg.data.val_shards:
+        open_shards(cfg.data.val_shards)
+    if cfg.data.vocab and d.is_main:
+        vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab)
 
 
 def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):

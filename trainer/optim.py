@@ -122,3 +122,22 @@ def build_scheduler(optimizer, cfg: OptimConfig, max_steps: int, start: int = 0,
                          min_ratio=min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def apply_rates(opt: torch.optim.AdamW, sched: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig,
+                rescale: bool = False) -> None:
+    """After loading an optimizer's and a schedule's state (a resume, --keep-optimizer), this run's
+    flags set the rates: the loaded state would bring back the peak --lr, betas, eps and weight decay
+    of the run that saved it. The moments and the schedule's position stay as loaded. The current
+    rate is this run's schedule at the loaded position, or with `rescale` the loaded rate rescaled
+    to the new peak (a resume on --schedule time, whose factor follows a clock the schedule cannot
+    see before the next step: an unchanged --lr then keeps exactly the rate the run had)."""
+    for group, old_peak, factor, decay in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas,
+                                              (cfg.weight_decay, 0.0)):
+        if not rescale:
+            lr = cfg.lr * factor(sched.last_epoch)
+        else:
+            lr = group["lr"] if old_peak == cfg.lr else group["lr"] / old_peak * cfg.lr
+        group.update(initial_lr=cfg.lr, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay)
+    sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+    sched._last_lr = [g["lr"] for g in opt.param_groups]

@@ -32,6 +32,7 @@ from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_c
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.metrics import METRICS_FILE
 from bertprep.trainer.model import ModelConfig
+from bertprep.trainer.optim import apply_rates
 
 DEFAULT_POSITIONS = 512
 RESUME_ADVICE = ("--resume continues the same phase on the same shards; to go on from this run's weights with "
@@ -271,11 +272,7 @@ def restore_optimizer(start: Start, opt, sched, cfg: TrainConfig) -> None:
         raise ConfigError(f"--keep-optimizer: the optimizer of {start.source} does not fit this model ({e}); "
                           f"start the phase without --keep-optimizer") from None
     sched.load_state_dict(start.scheduler)
-    sched.base_lrs = [cfg.optim.lr for _ in opt.param_groups]
-    for group, decay, factor in zip(opt.param_groups, (cfg.optim.weight_decay, 0.0), sched.lr_lambdas):
-        group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr * factor(sched.last_epoch),
-                     betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps, weight_decay=decay)
-    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    apply_rates(opt, sched, cfg.optim)  # the decay now ends at this phase's --max-steps
 
 
 def carry_history(start: Start, run_dir: Path, tensorboard: bool) -> None:

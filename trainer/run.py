@@ -28,6 +28,7 @@ import glob  # noqa: E402
 import tomllib  # noqa: E402
 
 from bertprep.shards import options  # noqa: E402
+from bertprep.shards.atomic import path_error  # noqa: E402
 from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
 from bertprep.trainer.config import TrainConfig  # noqa: E402
 from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except BertprepError as e:
         _error(e)
+        return 2
+    except OSError as e:  # a path the user gave that the system refused (too long, under a file, ...)
+        if (line := path_error(e)) is None:
+            raise
+        _error(line)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

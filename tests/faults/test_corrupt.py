@@ -211,7 +211,7 @@ def test_hostile_shard_metadata_gets_one_line(built, tmp_path, capsys, case):
 
 
 FUZZ = r"""
-import random, sys, traceback
+import json, random, sys, traceback
 from pathlib import Path
 from bertprep.shards.errors import BertprepError
 from bertprep.shards.reader import open_shard
@@ -239,7 +239,7 @@ for i in range(n):
         print(f"case {i}: not a BertprepError", file=sys.stderr)
         traceback.print_exc()
         sys.exit(1)
-print(outcomes)
+print(json.dumps(outcomes))
 """
 
 
@@ -251,7 +251,9 @@ def test_random_byte_flips_never_crash_the_reader(built, tmp_path, fmt):
     r = subprocess.run([sys.executable, "-c", FUZZ, str(src), str(tmp_path), "12345", "300"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr}"
-    assert "refused" in r.stdout
+    outcomes = json.loads(r.stdout)
+    # about a fifth of the cases are cut short, which no reader may accept
+    assert outcomes["refused"] >= 30 and outcomes["refused"] + outcomes["accepted"] == 300, outcomes
 
 
 HOSTILE_STORE = {

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from faultkit import (WIKI, assert_no_temp_files, bertprep, data_files, finish, group_alive, kill_group,
+from faultkit import (TRAINER, WIKI, assert_no_temp_files, bertprep, data_files, finish, group_alive, kill_group,
                       repeat_file, start)
 
 SHARD_OPTS = ("--max-len", "64", "--seed", "5", "--examples-per-shard", "250", "--workers", "2",
@@ -111,6 +111,32 @@ def test_killed_shard_leaves_nothing_half_written_and_rerun_is_identical(tokens_
     assert data_files(out) == data_files(ref)
     assert_no_temp_files(out)
     assert bertprep("verify", out).code == 0
+
+
+def test_the_parts_of_a_killed_shard_run_are_refused_until_it_is_re_run(tokens_ref, shards_ref, tmp_path):
+    """Killed after its first part got its final name and before the manifest: `verify` and the
+    trainer refuse that part (the run is unfinished), and a re-run completes it."""
+    out = tmp_path / "shards"
+    args = ["shard", "--tokens", tokens_ref[0], "--out", out, *SHARD_OPTS]
+    p = start(*args)
+    deadline = time.monotonic() + 60
+    while not (out.is_dir() and any(n.startswith("train_") for n in os.listdir(out))):
+        assert p.poll() is None and time.monotonic() < deadline, "the run ended before writing a part"
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL)
+    finish(p, timeout=60, reap=False)
+    assert_nothing_lives_on([p.pid])
+    part = sorted(out.glob("train_*"))[0]
+    assert not list(out.glob("*.manifest.json"))
+    for r in (bertprep("verify", part), start_trainer(part, tmp_path / "run")):
+        assert part.name in r.one_error_line() and "unfinished shard run" in r.one_error_line()
+    assert not (tmp_path / "run").exists()
+    assert bertprep(*args).code == 0
+    assert data_files(out) == data_files(shards_ref[0])
+
+
+def start_trainer(part, out):
+    return finish(start("--shards", part, "--out", out, "--model", "tiny", "--max-steps", "1", command=TRAINER))
 
 
 def test_second_shard_run_into_the_same_directory_is_refused_by_the_lock(tokens_ref, shards_ref, tmp_path):

@@ -31,7 +31,7 @@ from bertprep.shards.reader import open_shard
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer import run as trainer
 from bertprep.trainer.synthetic import synthetic_columns, synthetic_meta
-from conftest import PLAIN, run_cli
+from conftest import PLAIN, run_cli, train_losses
 from faultkit import TRAINER, finish, start
 
 MANIFEST = "pydocs_64_1.manifest.json"
@@ -69,9 +69,6 @@ def train_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("train_*"))
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
 def train_args(folder: Path, out: Path, *extra) -> list[str]:
@@ -94,7 +91,7 @@ def refused(capsys, entry, args) -> str:
 def trainer_refuses(capsys, folder: Path, out: Path, *extra) -> str:
     err = refused(capsys, trainer.main, train_args(folder, out, "--max-steps", 4, *extra))
     trained = out / "metrics.jsonl"
-    assert not (trained.exists() and losses(out)), "trained on bad data"
+    assert not (trained.exists() and train_losses(out)), "trained on bad data"
     assert not ckpt_io.list_checkpoints(out)
     return err
 
@@ -106,7 +103,7 @@ def reference(built, tmp_path_factory) -> dict[int, float]:
     """The uninterrupted run: 24 steps, a checkpoint every 8."""
     out = tmp_path_factory.mktemp("reference") / "run"
     assert trainer.main(train_args(built["good"], out, "--max-steps", 24, "--ckpt-interval", 8)) == 0
-    return losses(out)
+    return train_losses(out)
 
 
 def wait_for(condition, proc, timeout=60.0, what="") -> None:
@@ -136,7 +133,7 @@ def test_sigkill_between_checkpoints_resumes_to_the_uninterrupted_losses(built, 
     done = steps_logged(out)
     assert last is not None and done > int(last.stem[5:]), "the kill did not land between checkpoints"
     assert trainer.main(train_args(built["good"], out, "--max-steps", 24, "--ckpt-interval", 8, "--resume")) == 0
-    assert losses(out) == reference  # the killed steps are dropped, the rest reproduced exactly
+    assert train_losses(out) == reference  # the killed steps are dropped, the rest reproduced exactly
 
 
 SLOW_SAVE = r"""
@@ -178,7 +175,7 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(built, ref
     summary = trainer.train(trainer.parse_config(train_args(built["good"], out, "--max-steps", 24,
                                                             "--ckpt-interval", 4, "--resume")))
     assert summary["first_step"] == 4 and summary["step"] == 24
-    assert losses(out) == reference
+    assert train_losses(out) == reference
     for d in (out, folder):
         assert not [f for f in d.iterdir() if f.name.endswith(".tmp")], f"temporary files left in {d}"
 
