@@ -36,8 +36,8 @@ class MaskConfig:
     max_predictions: int  # --max-predictions: prediction slots per row (the output width)
     mask_prob: float = 0.15  # --mask-prob: share of a row's candidate tokens to predict
     whole_word: bool = False  # --whole-word: choose whole WordPiece words
-    mask_token_prob: float = 0.8  # --mask-token-prob: chosen tokens that become [MASK]
-    random_token_prob: float = 0.1  # --random-token-prob: chosen tokens that become a random id
+    mask_token_prob: float = 0.8  # chosen tokens that become [MASK] (BERT's 80%; no command-line flag)
+    random_token_prob: float = 0.1  # chosen tokens that become a random id (BERT's 10%; no command-line flag)
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
@@ -46,10 +46,10 @@ class MaskConfig:
                 or self.max_predictions < 1:
             raise ConfigError(f"--max-predictions must be an integer >= 1, got {self.max_predictions!r}")
         if not 0.0 <= self.mask_token_prob <= 1.0:
-            raise ConfigError(f"--mask-token-prob must be in [0, 1], got {self.mask_token_prob}")
+            raise ConfigError(f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
         if not 0.0 <= self.random_token_prob <= 1.0 - self.mask_token_prob:
             raise ConfigError(
-                f"--random-token-prob must be in [0, 1 - --mask-token-prob], got {self.random_token_prob}"
+                f"random_token_prob must be in [0, 1 - mask_token_prob], got {self.random_token_prob}"
             )
 
 

@@ -238,7 +238,7 @@ def test_same_seed_same_output_other_seed_differs():
     (dict(mask_prob=1.0, max_predictions=5), "--mask-prob"),
     (dict(mask_prob=1.5, max_predictions=5), "--mask-prob"),
     (dict(max_predictions=0), "--max-predictions"),
-    (dict(max_predictions=3, mask_token_prob=0.95, random_token_prob=0.1), "--random-token-prob"),
+    (dict(max_predictions=3, mask_token_prob=0.95, random_token_prob=0.1), "random_token_prob"),
 ])
 def test_config_errors_name_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):

@@ -20,6 +20,7 @@ from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint
 from bertprep.trainer.config import ModelConfig
 from bertprep.trainer.hf import from_hf, hf_config, to_hf
+from bertprep.trainer.model import Bert
 
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -98,13 +99,18 @@ def load_hf(directory: str | Path) -> Pretrained:
         hf_state = {f"bert.{k}": v for k, v in hf_state.items()}
     nsp = "cls.seq_relationship.weight" in hf_state and "bert.pooler.dense.weight" in hf_state
     hf_state = {k: v for k, v in hf_state.items() if nsp or not k.startswith("bert.pooler.")}
-    mcfg = ModelConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
-                       layers=config["num_hidden_layers"], hidden=config["hidden_size"],
-                       heads=config["num_attention_heads"], ffn=config["intermediate_size"],
-                       dropout=config.get("hidden_dropout_prob", 0.1), nsp=nsp,
-                       type_vocab_size=config.get("type_vocab_size", 2),
-                       layer_norm_eps=config.get("layer_norm_eps", 1e-12),
-                       init_std=config.get("initializer_range", 0.02))
+    try:
+        mcfg = ModelConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
+                           layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                           heads=config["num_attention_heads"], ffn=config["intermediate_size"],
+                           dropout=config.get("hidden_dropout_prob", 0.1), nsp=nsp,
+                           type_vocab_size=config.get("type_vocab_size", 2),
+                           layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+                           init_std=config.get("initializer_range", 0.02))
+    except (KeyError, TypeError) as e:
+        raise ShardFormatError(f"{directory / 'config.json'}: not a BERT config ({e.__class__.__name__}: {e})") from None
+    state = from_hf(hf_state)
+    ckpt_io.check_shapes(state, ckpt_io.expected_shapes(Bert, mcfg), directory)  # weights that fit config.json
     tok = directory / "tokenizer.json"
     if not tok.is_file():
         if not (directory / "vocab.txt").is_file():
@@ -127,7 +133,7 @@ def load_hf(directory: str | Path) -> Pretrained:
 
     data = {"vocab_size": mcfg.vocab_size, "max_len": mcfg.max_len, "special_ids": specials, "nsp": nsp,
             "tokenizer_sha256": sha256_file(tok)}
-    return Pretrained(str(directory), mcfg, from_hf(hf_state), tok, data)
+    return Pretrained(str(directory), mcfg, state, tok, data)
 
 
 def load_pretrained(checkpoint: str | Path | None = None, hf_dir: str | Path | None = None) -> Pretrained:
