@@ -2,7 +2,8 @@
 refused; labels shifted by one class trip the label-balance and initial-loss checks; the worst
 errors name real validation rows; a rating head learns a rating from the text, alone or next to
 the classes; --seeds reports each run and their mean; sentence pairs are read as
-[CLS] a [SEP] b [SEP]; --grad-accum takes the steps a larger batch takes."""
+[CLS] a [SEP] b [SEP]; --grad-accum takes the steps a larger batch takes; a loss
+that becomes NaN stops the run with the trainer's one line."""
 
 from __future__ import annotations
 
@@ -235,3 +236,10 @@ def test_bad_flags_get_one_line_and_exit_2(pretrained, tasks, tmp_path, capsys, 
     assert finetune(pretrained, tasks, tmp_path / "x", *args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_a_loss_that_becomes_nan_stops_fine_tuning_as_it_stops_pretraining(pretrained, tasks, tmp_path, capsys):
+    capsys.readouterr()
+    assert finetune(pretrained, tasks, tmp_path / "ft", "--epochs", "2", "--lr", "1e9", "--clip", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: loss is nan at step" in err and "lower --lr" in err, err
