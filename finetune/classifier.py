@@ -68,7 +68,7 @@ class Classifier(nn.Module):
         rating = self.rating_mean + self.rating_std * self.rate(h)[:, 0] if self.rate is not None else None  # (B,)
         return logits, rating
 
-    forward = heads
+    forward = heads  # model(...) is model.heads(...): one output shape for every caller
 
 
 def example_losses(model: Classifier, logits, rating, labels, ratings, weight: float) -> torch.Tensor:

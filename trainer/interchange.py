@@ -2,6 +2,8 @@
 `BertForMaskedLM` (or `BertForPreTraining` when NSP was trained); `--init-from-hf DIR` reads one.
 
 Weights travel as safetensors (never pickle); names go through `trainer/hf.py`'s rename table.
+Export reads the checkpoint through `trainer/checkpoint.py` (seal and shapes checked, so the
+directory's config.json and weights agree); import checks the weights against config.json.
 `transformers` itself is never imported here: only its file layout is spoken.
 """
 
