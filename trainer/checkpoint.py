@@ -45,6 +45,7 @@ NAME_RE = re.compile(r"^step_(\d{8})\.pt$")
 # What save() writes besides format/version: a file lacking one is not a checkpoint of ours.
 PAYLOAD = ("step", "model", "model_config", "data", "optimizer", "scheduler", "loader", "rng", "config", "phase")
 SEAL = "sha256"
+DAMAGED_ADVICE = "; delete it, and a run directory's previous checkpoint is used"
 
 
 def checkpoint_dir(run_dir: Path | str) -> Path:
@@ -117,7 +118,7 @@ def load(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    return check(read_torch_file(path, "; delete it, and a run directory's previous checkpoint is used"), path)
+    return check(read_torch_file(path, DAMAGED_ADVICE), path)
 
 
 def check(ckpt, path: Path | str) -> dict:
@@ -130,7 +131,7 @@ def check(ckpt, path: Path | str) -> dict:
     if missing or not all(isinstance(ckpt[k], dict) for k in ("model", "model_config", "data", "phase")):
         raise ShardFormatError(f"{path}: damaged checkpoint ({', '.join(missing) or 'model, model_config, data or phase'} "
                                "missing or not a map)")
-    check_seal(ckpt, path)
+    check_seal(ckpt, path, DAMAGED_ADVICE)
     check_shapes(ckpt["model"], expected_shapes(Bert, model_config(ckpt, path)), path)
     return ckpt
 
@@ -184,7 +185,7 @@ def seal(payload: dict) -> dict:
     return {**body, SEAL: _digest(body)}
 
 
-def check_seal(ckpt: dict, path: Path | str) -> None:
+def check_seal(ckpt: dict, path: Path | str, advice: str = "") -> None:
     """Refuse a file whose content is not what was written: the weights-only reader cannot see a
     flipped bit inside a tensor, the seal can."""
     recorded = ckpt.get(SEAL)
@@ -193,7 +194,7 @@ def check_seal(ckpt: dict, path: Path | str) -> None:
     actual = _digest({k: v for k, v in ckpt.items() if k != SEAL})
     if actual != recorded:
         raise ShardFormatError(f"{path}: damaged checkpoint: sha256 mismatch (written {recorded[:12]}…, "
-                               f"read {actual[:12]}…); the file changed after it was written")
+                               f"read {actual[:12]}…); the file changed after it was written{advice}")
 
 
 def _digest(value) -> str:
