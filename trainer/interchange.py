@@ -19,7 +19,7 @@ import torch
 from bertprep.shards.atomic import atomic_write, write_json
 from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint
+from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, load_checkpoint
 from bertprep.trainer.config import ModelConfig
 from bertprep.trainer.hf import from_hf, hf_config, to_hf
 from bertprep.trainer.model import Bert
@@ -47,9 +47,8 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> dict:
     """Write config.json, model.safetensors, vocab.txt, tokenizer.json and the tokenizer configs."""
     from safetensors.torch import save as safetensors_bytes
 
-    path = resolve_checkpoint(checkpoint)
-    ckpt = ckpt_io.load(path)
-    mcfg = ModelConfig(**ckpt["model_config"])
+    path, ckpt = load_checkpoint(checkpoint)  # refuses weights that disagree with the recorded shape
+    mcfg = ckpt_io.model_config(ckpt, path)
     data = ckpt["data"]
     config = hf_config(mcfg, data["special_ids"]["pad"])  # refuses pre-norm models
     arch = "BertForPreTraining" if mcfg.nsp else "BertForMaskedLM"
@@ -144,9 +143,8 @@ def load_pretrained(checkpoint: str | Path | None = None, hf_dir: str | Path | N
         raise ConfigError("give exactly one of --checkpoint and --init-from-hf")
     if hf_dir is not None:
         return load_hf(hf_dir)
-    path = resolve_checkpoint(checkpoint)
-    ckpt = ckpt_io.load(path)
-    return Pretrained(str(path), ModelConfig(**ckpt["model_config"]), ckpt["model"], find_tokenizer(ckpt, path),
+    path, ckpt = load_checkpoint(checkpoint)
+    return Pretrained(str(path), ckpt_io.model_config(ckpt, path), ckpt["model"], find_tokenizer(ckpt, path),
                       ckpt["data"])
 
 
