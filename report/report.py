@@ -8,8 +8,8 @@ figures next to those of the untrained model (the run's shape, with the random i
 the top-1 guess is the true token, orange where it is not, with the true token beside it and the
 top-3 guesses with probabilities on hover (or beside every guess, by a switch on the page). A
 fine-tuning run gets its settings, curves, the confusion matrix on its validation set and the worst
-errors (wrong and most confident), from the run's `predictions.jsonl` or predicted on `--val FILE`. Images are embedded as data URIs and the page has no script, so
-it opens anywhere with no network.
+errors (wrong and most confident), from the run's `predictions.jsonl` or predicted on `--val FILE`.
+Images are embedded as data URIs and the page has no script, so it opens anywhere with no network.
 
 Only the run directory is read, plus what its checkpoint needs for predictions: the validation
 shards (or labelled file) the run recorded, or `--val`, and the tokenizer the checkpoint names.

@@ -129,8 +129,8 @@ def check(ckpt, path: Path | str) -> dict:
         raise ShardFormatError(f"{path}: checkpoint version {ckpt.get('version')}, this trainer reads {VERSION}")
     missing = [k for k in PAYLOAD if k not in ckpt]
     if missing or not all(isinstance(ckpt[k], dict) for k in ("model", "model_config", "data", "phase")):
-        raise ShardFormatError(f"{path}: damaged checkpoint ({', '.join(missing) or 'model, model_config, data or phase'} "
-                               "missing or not a map)")
+        what = ", ".join(missing) or "model, model_config, data or phase"
+        raise ShardFormatError(f"{path}: damaged checkpoint ({what} missing or not a map)")
     check_seal(ckpt, path, DAMAGED_ADVICE)
     check_shapes(ckpt["model"], expected_shapes(Bert, model_config(ckpt, path)), path)
     return ckpt

@@ -109,7 +109,8 @@ def load_hf(directory: str | Path) -> Pretrained:
                            layer_norm_eps=config.get("layer_norm_eps", 1e-12),
                            init_std=config.get("initializer_range", 0.02))
     except (KeyError, TypeError) as e:
-        raise ShardFormatError(f"{directory / 'config.json'}: not a BERT config ({e.__class__.__name__}: {e})") from None
+        raise ShardFormatError(f"{directory / 'config.json'}: not a BERT config "
+                               f"({e.__class__.__name__}: {e})") from None
     state = from_hf(hf_state)
     ckpt_io.check_shapes(state, ckpt_io.expected_shapes(Bert, mcfg), directory)  # weights that fit config.json
     tok = directory / "tokenizer.json"
