@@ -226,8 +226,8 @@ def predict(sentences, checkpoint, file_, top_k, as_json):
             click.echo(f"  rating: {(result['ratings'][i] if 'ratings' in result else res):.4f}")
         if result["kind"] != "fill-mask":
             continue
-        for n, options in enumerate(res, 1):
-            click.echo(f"  [MASK] {n}: " + " | ".join(f"{o['token']} {o['prob']:.4f}" for o in options))
+        for n, guesses in enumerate(res, 1):
+            click.echo(f"  [MASK] {n}: " + " | ".join(f"{o['token']} {o['prob']:.4f}" for o in guesses))
 
 
 @cli.command()

@@ -43,10 +43,10 @@ def parse(argv):
 
 
 def main(argv=None) -> None:
-    import torch
+    from bertprep.trainer.dist import pick_device
 
     args = parse(argv)
-    cuda = torch.cuda.is_available()
+    cuda = pick_device("auto").type == "cuda"
     steps = args.steps or (5000 if cuda else 1500)
     model = args.model or ("mini" if cuda else "tiny")
     out = Path(args.out)

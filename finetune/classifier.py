@@ -1,18 +1,20 @@
-"""The fine-tuned model and its checkpoint: what `finetune` trains and `predict` loads.
+"""The fine-tuned model, its inputs, its predictions and its checkpoint: what `finetune` trains and
+evaluates, `predict` and `report` load (`load_classifier`) and run (`run_heads`).
 
 `Classifier` is a pretrained `Bert`, its pooler where pretraining had one (tanh over [CLS]),
 dropout, then a linear class head and/or a linear rating head on the same [CLS] output. Inputs
 are `[CLS] a [SEP]` or, for pairs, `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1, made by the
 run's own tokenizer. A checkpoint (`best.pt`) is a `torch.save`d dict of tensors and plain values,
-loaded with `weights_only=True`:
+loaded with `weights_only=True` and sealed as pretraining checkpoints are (`trainer/checkpoint.py`):
 
-    format, version   "bertprep-classifier", 2 (version 1 files still load)
+    format, version   "bertprep-classifier", 3
+    sha256            of everything else in the file (the seal)
     model             the Classifier's state dict: bert.* (our encoder names), head.* (classes),
-                      rate.* (ratings, version 2)
+                      rate.* (ratings)
     model_config      the encoder's ModelConfig as a dict
-    num_classes       K (0: no class head, version 2)
-    rating            None, or {"column", "mean", "std"}: the head predicts mean + std * z (version 2)
-    pair              whether inputs are sentence pairs (version 2)
+    num_classes       K (0: no class head)
+    rating            None, or {"column", "mean", "std"}: the head predicts mean + std * z
+    pair              whether inputs are sentence pairs
     data              the pretraining data's settings (vocab size, special ids, tokenizer sha256)
     config            the FinetuneConfig as a dict
     seed, epoch, val_*, pretrained   which run and epoch was kept, its validation figures, its source
@@ -30,13 +32,12 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ShardFormatError
-from bertprep.trainer.checkpoint import read_torch_file
+from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.model import Bert
 
 CLASSIFIER_FORMAT = "bertprep-classifier"
-CLASSIFIER_VERSION = 2  # 2: optional rating head, num_classes 0, sentence pairs
-READS_VERSIONS = (1, 2)
+CLASSIFIER_VERSION = 3  # 2: optional rating head, num_classes 0, sentence pairs; 3: sealed
 
 
 class Classifier(nn.Module):
@@ -67,9 +68,7 @@ class Classifier(nn.Module):
         rating = self.rating_mean + self.rating_std * self.rate(h)[:, 0] if self.rate is not None else None  # (B,)
         return logits, rating
 
-    def forward(self, input_ids, token_type_ids, lengths):
-        """Class logits (B, K), as version 1 had them (`heads` gives the ratings too)."""
-        return self.heads(input_ids, token_type_ids, lengths)[0]
+    forward = heads  # model(...) is model.heads(...): one output shape for every caller
 
 
 def example_losses(model: Classifier, logits, rating, labels, ratings, weight: float) -> torch.Tensor:
@@ -110,29 +109,54 @@ def collate(seqs: list[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
     for i, s in enumerate(seqs):
         ids[i, : s.shape[1]], segments[i, : s.shape[1]] = s
     return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(segments),
-            "lengths": torch.from_numpy(lengths)}
+            "length": torch.from_numpy(lengths)}  # the shards' column name: one batch vocabulary
+
+
+@torch.no_grad()
+def run_heads(model: Classifier, seqs: list[np.ndarray], pad_id: int, batch_size: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Class logits (N, K) and ratings (N,) of encoded examples, float32 on the CPU, computed batch by
+    batch in eval mode (None for a head the model lacks): what evaluation, predict and report use."""
+    was_training = model.training
+    model.eval()
+    logits, ratings = [], []
+    for start in range(0, len(seqs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(seqs[start:start + batch_size], pad_id).items()}
+        lg, rt = model.heads(batch["input_ids"], batch["token_type_ids"], batch["length"])
+        if lg is not None:
+            logits.append(lg.float().cpu())
+        if rt is not None:
+            ratings.append(rt.float().cpu())
+    model.train(was_training)
+    return (torch.cat(logits) if logits else None), (torch.cat(ratings) if ratings else None)
 
 
 def save_classifier(path: Path, state: dict, *, model_config: ModelConfig, num_classes: int,
                     rating: dict | None, pair: bool, data: dict, config: dict, **extra) -> None:
     """Write a classifier checkpoint atomically: plain values and tensors only."""
     with atomic_write(path) as f:
-        torch.save({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": state,
-                    "model_config": model_config.to_dict(), "num_classes": num_classes, "rating": rating,
-                    "pair": pair, "data": data, "config": config, **extra}, f)
+        torch.save(ckpt_io.seal({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": state,
+                                 "model_config": model_config.to_dict(), "num_classes": num_classes, "rating": rating,
+                                 "pair": pair, "data": data, "config": config, **extra}), f)
 
 
-def load_classifier(path: Path) -> tuple[Classifier, dict]:
-    """A fine-tuned classifier (versions 1 and 2), loaded without running code (weights_only)."""
-    ckpt = read_torch_file(path)  # refuses pickle payloads and truncated files in one line
+def load_classifier(path: Path, ckpt: dict | None = None) -> tuple[Classifier, dict]:
+    """A fine-tuned classifier in eval mode, read without running code (weights_only) and checked:
+    format, version, seal, weights that fit the recorded shape. `ckpt`: the file already read."""
+    ckpt = ckpt_io.read_torch_file(path) if ckpt is None else ckpt  # refuses pickle payloads, truncated files
     if not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT:
         raise ShardFormatError(f"{path}: not a bertprep classifier checkpoint")
-    if ckpt.get("version") not in READS_VERSIONS:
+    if ckpt.get("version") != CLASSIFIER_VERSION:
         raise ShardFormatError(f"{path}: classifier version {ckpt.get('version')}, this bertprep reads "
-                               f"{', '.join(map(str, READS_VERSIONS))}; use a newer bertprep")
+                               f"{CLASSIFIER_VERSION}; fine-tune again with this bertprep")
+    ckpt_io.check_seal(ckpt, path)
     rating = ckpt.get("rating")
-    model = Classifier(ModelConfig(**ckpt["model_config"]), ckpt["num_classes"], 0.0,
-                       (rating["mean"], rating["std"]) if rating else None)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
+    try:
+        shape = (ckpt_io.model_config(ckpt, path), int(ckpt["num_classes"]), 0.0,
+                 (float(rating["mean"]), float(rating["std"])) if rating else None)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardFormatError(f"{path}: damaged classifier checkpoint ({e.__class__.__name__}: {e})") from None
+    ckpt_io.check_shapes(ckpt.get("model"), ckpt_io.expected_shapes(Classifier, *shape), path)
+    model = Classifier(*shape)
+    ckpt_io.load_state(model, ckpt["model"], path)
+    return model.eval(), ckpt

@@ -1,7 +1,8 @@
 """`bertprep predict`: fill-mask with a pretraining checkpoint, class probabilities (and the
-rating, where the run trained a rating head) with a fine-tuned one. Both load checkpoints with
-`weights_only=True` and use the run's own tokenizer. A sentence-pair model reads each input as
-`first sentence<TAB>second sentence`."""
+rating, where the run trained a rating head) with a fine-tuned one. The file is read once,
+`weights_only=True`, and checked by its format's own loader (`trainer/checkpoint.py`,
+`finetune/classifier.py`); sentences are encoded by the run's own tokenizer. A sentence-pair model
+reads each input as `first sentence<TAB>second sentence`."""
 
 from __future__ import annotations
 
@@ -12,20 +13,12 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.errors import InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.artifacts import find_tokenizer, resolve_checkpoint
-from bertprep.trainer.model import ModelConfig
-from bertprep.finetune.classifier import CLASSIFIER_FORMAT, collate, encode_texts, encoding_tokenizer, load_classifier
+from bertprep.trainer.artifacts import find_tokenizer, resolve_checkpoint, token_list
+from bertprep.trainer.evaluation import top_guesses
+from bertprep.finetune import checks
+from bertprep.finetune.classifier import CLASSIFIER_FORMAT, encode_texts, encoding_tokenizer, load_classifier, run_heads
+from bertprep.finetune.labelled import read_labelled
 from bertprep.trainer.model import Bert
-
-
-def _kind(path: Path) -> str:
-    ckpt = ckpt_io.read_torch_file(path)  # refuses pickle payloads and truncated files in one line
-    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if fmt == CLASSIFIER_FORMAT:
-        return "classifier"
-    if fmt == ckpt_io.FORMAT:
-        return "mlm"
-    raise ShardFormatError(f"{path}: not a bertprep checkpoint")
 
 
 def fill_mask(model: Bert, tok: Tokenizer, sentences: list[str], top_k: int, vocab: list[str]) -> list[list[list[dict]]]:
@@ -38,18 +31,17 @@ def fill_mask(model: Bert, tok: Tokenizer, sentences: list[str], top_k: int, voc
         positions = (ids[0] == mask_id).nonzero().flatten()
         if len(positions) == 0:
             raise InputError(f"no [MASK] in {sentence!r}: fill-mask needs at least one")
-        with torch.no_grad():
-            logits, _ = model(ids, torch.zeros_like(ids), torch.tensor([ids.size(1)]), positions[None])
-        probs = logits[0].float().softmax(-1)                                   # (M, V)
-        top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
+        batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "length": torch.tensor([ids.size(1)]),
+                 "masked_positions": positions[None]}
+        probs, top = top_guesses(model, batch, top_k)                          # (1, M, k)
         out.append([[{"token": vocab[i], "prob": round(float(p), 6)} for p, i in zip(pv.tolist(), iv.tolist())]
-                    for pv, iv in zip(top.values, top.indices)])
+                    for pv, iv in zip(probs[0], top[0])])
     return out
 
 
-def classify(path: Path, sentences: list[str]) -> dict:
+def classify(path: Path, sentences: list[str], ckpt: dict | None = None) -> dict:
     """Class probabilities and/or ratings of a fine-tuned checkpoint, 32 sentences at a time."""
-    model, ckpt = load_classifier(path)
+    model, ckpt = load_classifier(path, ckpt)
     tok = encoding_tokenizer(find_tokenizer(ckpt, path), ckpt["config"]["max_len"])
     texts, texts_b = sentences, None
     if ckpt.get("pair"):
@@ -58,18 +50,11 @@ def classify(path: Path, sentences: list[str]) -> dict:
         if bad:
             raise InputError(f"this model reads sentence pairs: give 'first<TAB>second' ({bad[0]!r} has no tab)")
         texts, texts_b = [h[0] for h in halves], [h[1] for h in halves]
-    seqs = encode_texts(tok, texts, texts_b)
-    probs, ratings = [], []
-    with torch.no_grad():
-        for start in range(0, len(seqs), 32):
-            batch = collate(seqs[start:start + 32], ckpt["data"]["special_ids"]["pad"])
-            logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
-            if logits is not None:
-                probs += [[round(float(p), 6) for p in row] for row in logits.float().softmax(-1).tolist()]
-            if rating is not None:
-                ratings += [round(float(r), 6) for r in rating.float().tolist()]
-    if not probs:
+    logits, rating = run_heads(model, encode_texts(tok, texts, texts_b), ckpt["data"]["special_ids"]["pad"], 32)
+    ratings = [] if rating is None else [round(float(r), 6) for r in rating.tolist()]
+    if logits is None:
         return {"kind": "rate", "results": ratings}
+    probs = [[round(float(p), 6) for p in row] for row in logits.softmax(-1).tolist()]
     return {"kind": "classify", "results": probs, **({"ratings": ratings} if ratings else {})}
 
 
@@ -79,15 +64,30 @@ def predict(checkpoint: str | Path, sentences: list[str], top_k: int = 5) -> dic
     if not sentences:
         raise InputError("give at least one sentence (as arguments or with --file)")
     path = resolve_checkpoint(checkpoint)
-    if _kind(path) == "classifier":
-        return classify(path, sentences)
-    ckpt = ckpt_io.load(path)
-    model = Bert(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    ckpt = ckpt_io.read_torch_file(path)  # refuses pickle payloads and truncated files in one line
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt == CLASSIFIER_FORMAT:
+        return classify(path, sentences, ckpt)
+    if fmt != ckpt_io.FORMAT:
+        raise ShardFormatError(f"{path}: not a bertprep checkpoint")
+    model = ckpt_io.build_model(ckpt_io.check(ckpt, path), path)
     tok = Tokenizer.from_file(str(find_tokenizer(ckpt, path)))  # [MASK] written in the text is the mask here
     tok.enable_truncation(model.cfg.max_len)
-    vocab = [""] * tok.get_vocab_size()
-    for token, i in tok.get_vocab().items():
-        vocab[i] = token
-    return {"kind": "fill-mask", "results": fill_mask(model, tok, sentences, top_k, vocab)}
+    return {"kind": "fill-mask", "results": fill_mask(model, tok, sentences, top_k, token_list(tok))}
+
+
+def labelled_predictions(path: Path, data_file: str | Path, batch_size: int = 32,
+                         device: torch.device | str = "cpu") -> list[dict]:
+    """A fine-tuned checkpoint's predictions on a labelled file, a record per row as
+    `predictions.jsonl` holds them (`finetune` writes them for its validation set, `report --val`
+    for any file), read with the columns the run was trained on."""
+    model, ckpt = load_classifier(path)
+    ft = ckpt["config"]
+    data = read_labelled(data_file, ft["text_column"], ft["label_column"] if ckpt["num_classes"] else None,
+                         text_column_b=ft.get("text_column_b"), rating_column=(ckpt.get("rating") or {}).get("column"))
+    tok = encoding_tokenizer(find_tokenizer(ckpt, path), ft["max_len"])
+    logits, rating = run_heads(model.to(device), encode_texts(tok, data.texts, data.texts_b),
+                               ckpt["data"]["special_ids"]["pad"], batch_size, device)
+    return checks.prediction_records(data.texts, data.texts_b, data.labels,
+                                     None if logits is None else logits.softmax(-1).numpy(), data.ratings,
+                                     None if rating is None else rating.numpy())

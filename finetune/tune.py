@@ -11,13 +11,19 @@ Losses: cross-entropy for classes; for ratings, L1 measured in standard deviatio
 ratings (the head predicts `mean + std * z`, so it starts at the mean whatever the scale), weighted
 by --regression-weight next to cross-entropy, alone with weight 1. The best epoch (validation
 accuracy, or MAE without classes) over all --seeds is kept as `<out>/best.pt` with the tokenizer
-beside it; `<out>/predictions.jsonl` holds its validation predictions. The model, its inputs
-and its checkpoint live in `finetune/classifier.py`; the checks are worded in
-`finetune/checks.py`.
+beside it; `<out>/predictions.jsonl` holds its validation predictions.
+
+The update is the pretraining trainer's: AdamW over BERT's weight-decay groups, warm-up then linear
+decay, gradient clipping (`trainer/optim.py`), the device and bf16 autocast on CUDA
+(`trainer/dist.py`), and the NaN/inf stop (`trainer/loop.py`). What is fine-tuning's own lives
+here: epochs over labelled rows, a validation per epoch, the keeper of the best epoch over seeds.
+The model, its inputs and its checkpoint live in `finetune/classifier.py`; the checks are worded
+in `finetune/checks.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,15 +39,19 @@ from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.options import check, option
 from bertprep.finetune import checks
-from bertprep.trainer.artifacts import keep_tokenizer
-from bertprep.finetune.classifier import (CLASSIFIER_FORMAT, CLASSIFIER_VERSION, Classifier,  # noqa: F401
-                                         collate, encode_texts, encoding_tokenizer, example_losses,
-                                         load_classifier, save_classifier)  # (re-exported: older imports)
-from bertprep.trainer.model import ModelConfig
-from bertprep.trainer.interchange import Pretrained, load_encoder, load_pretrained
+from bertprep.finetune.classifier import (Classifier, collate, encode_texts, encoding_tokenizer, example_losses,
+                                         run_heads, save_classifier)
 from bertprep.finetune.labelled import Labelled, read_labelled
+from bertprep.finetune.predict import labelled_predictions
+from bertprep.trainer.artifacts import keep_tokenizer, token_list
+from bertprep.trainer.model import ModelConfig
+from bertprep.trainer.dist import autocast_for, pick_device
+from bertprep.trainer.interchange import Pretrained, load_encoder, load_pretrained
+from bertprep.trainer.loop import check_finite
 from bertprep.trainer.metrics import MetricsLog
-from bertprep.trainer.optim import lr_factor, param_groups
+from bertprep.trainer.optim import adamw, optimizer_step, step_schedule
+
+BETAS, EPS = (0.9, 0.999), 1e-6  # the BERT paper's AdamW, as pretraining's defaults
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +141,7 @@ class Prepared:
     sets: dict[str, Labelled]            # train, val (, test)
     seqs: dict[str, list[np.ndarray]]
     device: torch.device
+    autocast: object                     # a context factory: bf16 on CUDA, none on the CPU
 
 
 def _targets(data: Labelled, rows, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -142,40 +153,26 @@ def _targets(data: Labelled, rows, device) -> tuple[torch.Tensor | None, torch.T
 @torch.no_grad()
 def evaluate(model: Classifier, p: Prepared, split: str, cfg: FinetuneConfig, rows: np.ndarray | None = None) -> dict:
     """loss (, acc, probs) (, mae, ratings) over a set (or some of its rows), in eval mode."""
-    model.eval()
     data, seqs = p.sets[split], p.seqs[split]
     rows = np.arange(len(seqs)) if rows is None else rows
-    loss_sum, ce_sum, probs, ratings = 0.0, 0.0, [], []
-    for start in range(0, len(rows), cfg.batch_size):
-        part = rows[start:start + cfg.batch_size]
-        batch = {k: v.to(p.device) for k, v in collate([seqs[i] for i in part], p.pad_id).items()}
-        logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
-        y, r = _targets(data, part, p.device)
-        loss_sum += example_losses(model, logits, rating, y, r, cfg.regression_weight).sum().item()
-        if logits is not None:
-            ce_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            probs.append(logits.float().softmax(-1).cpu().numpy())
-        if rating is not None:
-            ratings.append(rating.float().cpu().numpy())
-    out = {"loss": loss_sum / max(len(rows), 1)}
-    if probs:
-        out["probs"], out["ce"] = np.concatenate(probs), ce_sum / max(len(rows), 1)
+    with p.autocast():
+        logits, rating = run_heads(model, [seqs[i] for i in rows], p.pad_id, cfg.batch_size, p.device)
+    y, r = _targets(data, rows, "cpu")
+    n = max(len(rows), 1)
+    out = {"loss": example_losses(model, logits, rating, y, r, cfg.regression_weight).double().sum().item() / n}
+    if logits is not None:
+        out["ce"] = F.cross_entropy(logits, y, reduction="sum").item() / n
+        out["probs"] = logits.softmax(-1).numpy()
         out["acc"] = float((out["probs"].argmax(-1) == data.labels[rows]).mean())
-    if ratings:
-        out["ratings"] = np.concatenate(ratings)
+    if rating is not None:
+        out["ratings"] = rating.numpy()
         out["mae"] = float(np.abs(out["ratings"] - data.ratings[rows]).mean())
     return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def prepare(cfg: FinetuneConfig) -> Prepared:
     pre = load_pretrained(cfg.checkpoint, cfg.init_from_hf)
-    mcfg = ModelConfig(**{**pre.model_config.to_dict(), "dropout": cfg.dropout})
+    mcfg = dataclasses.replace(pre.model_config, dropout=cfg.dropout)
     if cfg.max_len > mcfg.max_len:
         raise ConfigError(f"--max-len {cfg.max_len} is longer than the model's {mcfg.max_len} positions")
     files = {"train": cfg.train, "val": cfg.val, **({"test": cfg.test} if cfg.test else {})}
@@ -195,8 +192,9 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
         rating = (float(r.mean()), float(r.std()))
     tok = encoding_tokenizer(pre.tokenizer, cfg.max_len)
     seqs = {k: encode_texts(tok, s.texts, s.texts_b) for k, s in sets.items()}
+    device = pick_device(cfg.device)
     return Prepared(pre, mcfg, tok, pre.data["special_ids"]["pad"], num_classes, rating, sets, seqs,
-                    _device(cfg.device))
+                    device, autocast_for("auto", device))
 
 
 def _order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -234,9 +232,7 @@ def start_checks(cfg: FinetuneConfig, p: Prepared, model: Classifier, seed: int,
         echo(checks.rating_line(train.ratings, val.ratings))
     first = _order(seed, 1, len(train))
     if cfg.show_batch:
-        vocab = [""] * p.tok.get_vocab_size()
-        for token, i in p.tok.get_vocab().items():
-            vocab[i] = token
+        vocab = token_list(p.tok)
         rows = first[:cfg.batch_size]
         echo(f"first training batch (seed {seed}), as the model sees it:")
         for line in checks.render_batch([p.seqs["train"][i] for i in rows], vocab, p.pad_id,
@@ -278,9 +274,8 @@ def train_seed(cfg: FinetuneConfig, p: Prepared, seed: int, model: Classifier, l
     steps_per_epoch = math.ceil(micro / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warmup=warmup, max_steps=total, decay="linear", min_ratio=0.0))
+    opt = adamw(model, lr=cfg.lr, betas=BETAS, eps=EPS, weight_decay=cfg.weight_decay)
+    sched = step_schedule(opt, warmup=warmup, max_steps=total, decay="linear", min_ratio=0.0)
     note = f"seed {seed} " if len(cfg.seed_list) > 1 else ""
     best, best_state, step, t0 = None, None, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -291,19 +286,16 @@ def train_seed(cfg: FinetuneConfig, p: Prepared, seed: int, model: Classifier, l
         for g in range(0, len(batches), cfg.grad_accum):
             group = batches[g:g + cfg.grad_accum]
             count = sum(len(rows) for rows in group)  # the step's mean is over all its examples
-            opt.zero_grad(set_to_none=True)
             for rows in group:
                 batch = {k: v.to(p.device) for k, v in collate([p.seqs["train"][i] for i in rows], p.pad_id).items()}
-                logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["lengths"])
+                with p.autocast():
+                    logits, rating = model.heads(batch["input_ids"], batch["token_type_ids"], batch["length"])
                 y, r = _targets(train, rows, p.device)
                 loss = example_losses(model, logits, rating, y, r, cfg.regression_weight).sum() / count
                 loss.backward()
                 loss_sum += loss.item() * count
-            if not math.isfinite(loss_sum):
-                raise ConfigError(f"the loss became {loss_sum} at step {step + 1}; lower --lr")
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
+            check_finite(loss_sum, step + 1, keeper.path if keeper.score is not None else None, "lower --lr")
+            optimizer_step(opt, model.parameters(), cfg.clip)
             sched.step()
             step += 1
         v = evaluate(model, p, "val", cfg)
@@ -392,11 +384,7 @@ def _predictions(cfg: FinetuneConfig, p: Prepared, out: Path, echo) -> None:
     """The kept model's validation predictions to predictions.jsonl; the worst N printed."""
     import json
 
-    model, _ = load_classifier(out / "best.pt")
-    model.to(p.device)
-    v, val = evaluate(model, p, "val", cfg), p.sets["val"]
-    records = checks.prediction_records(val.texts, val.texts_b, val.labels, v.get("probs"), val.ratings,
-                                        v.get("ratings"))
+    records = labelled_predictions(out / "best.pt", cfg.val, cfg.batch_size, p.device)
     with atomic_write(out / "predictions.jsonl", "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
     if cfg.show_errors:

@@ -13,7 +13,6 @@ figure is drawn, with the Agg backend, so this works on a machine with no screen
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.options import option
-from bertprep.trainer.metrics import METRICS_FILE
+from bertprep.trainer.metrics import METRICS_FILE, read_records
 
 # panel name -> (title, [(record key, legend text, style)], log y axis). A panel is drawn when
 # some run records its first key; `--metric NAME` picks panels by name, or any recorded key.
@@ -97,18 +96,10 @@ def read_run(path: Path | str) -> RunLog:
     if not metrics.is_file():
         raise InputError(f"{path}: not a run directory (no {METRICS_FILE}); give a directory written by "
                          f"trainer/run.py or `bertprep finetune`")
-    records = []
     try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
+        records = read_records(metrics)
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{metrics}: cannot read ({e.__class__.__name__})") from None
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill, as the trainer's own reader does
-        if isinstance(rec, dict):
-            records.append(rec)
     if not any(_number(r.get("step")) and len(r) > 1 and "event" not in r for r in records):
         raise InputError(f"{metrics}: no metric records yet")
     finetune = (path / "best.pt").is_file() or any("epoch" in r for r in records)

@@ -8,8 +8,8 @@ figures next to those of the untrained model (the run's shape, with the random i
 the top-1 guess is the true token, orange where it is not, with the true token beside it and the
 top-3 guesses with probabilities on hover (or beside every guess, by a switch on the page). A
 fine-tuning run gets its settings, curves, the confusion matrix on its validation set and the worst
-errors (wrong and most confident). Images are embedded as data URIs and the page has no script, so
-it opens anywhere with no network.
+errors (wrong and most confident), from the run's `predictions.jsonl` or predicted on `--val FILE`.
+Images are embedded as data URIs and the page has no script, so it opens anywhere with no network.
 
 Only the run directory is read, plus what its checkpoint needs for predictions: the validation
 shards (or labelled file) the run recorded, or `--val`, and the tokenizer the checkpoint names.
@@ -35,11 +35,12 @@ from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.report import page
-from bertprep.trainer.artifacts import find_tokenizer
+from bertprep.finetune.classifier import load_classifier
+from bertprep.finetune.predict import labelled_predictions
+from bertprep.trainer.artifacts import find_tokenizer, token_list
 from bertprep.trainer.config import TrainConfig
-from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.dist import Dist
-from bertprep.trainer.evaluation import default_val_shards, to_device, val_stream, validate
+from bertprep.trainer.evaluation import default_val_shards, to_device, top_guesses, val_stream, validate
 from bertprep.trainer.model import Bert
 from bertprep.report.plotting import RunLog, draw, figure_bytes, read_run
 from bertprep.trainer.stream import shard_data
@@ -111,7 +112,7 @@ def _pretrain_predictions(run: RunLog, cfg: ReportConfig, config: dict, notes: l
     if ckpt_path is None:
         notes.append("no checkpoint in this run directory: final figures and predictions left out")
         return sections
-    ck = ckpt_io.load(ckpt_path)
+    ck = ckpt_io.load(ckpt_path)  # refuses a damaged file in one line
     paths = list(cfg.val) or _recorded_val_shards(config or {"train": ck.get("config") or {}})
     missing = [p for p in paths if not Path(p).is_file()]
     if not paths or missing:
@@ -120,12 +121,10 @@ def _pretrain_predictions(run: RunLog, cfg: ReportConfig, config: dict, notes: l
         return sections
     shards = open_shards(paths)
     ckpt_io.check_model_fits(ck, shard_data(shards), ckpt_path)  # shards up to the position table's length
-    mcfg = ModelConfig(**ck["model_config"])
-    trained = Bert(mcfg)
-    trained.load_state_dict(ck["model"])
+    trained = ckpt_io.build_model(ck, ckpt_path)
     with torch.random.fork_rng(devices=[]):  # the run's own initial weights: the trainer seeds, then builds
         torch.manual_seed(int((ck.get("config") or {}).get("seed", flag_named(TrainConfig, "seed").default)))
-        untrained = Bert(mcfg)
+        untrained = Bert(trained.cfg)
     d = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     stream = val_stream(shards, cfg.batch_size, d)
     if stream is None:
@@ -200,8 +199,7 @@ def _facts(run: RunLog) -> dict:
 
 def _vocab(ck: dict, ckpt_path: Path, shards: list, notes: list) -> list[str] | None:
     try:
-        tok = Tokenizer.from_file(str(find_tokenizer(ck, ckpt_path)))
-        return [tok.id_to_token(i) or f"<{i}>" for i in range(ck["data"]["vocab_size"])]
+        return token_list(Tokenizer.from_file(str(find_tokenizer(ck, ckpt_path))))[: ck["data"]["vocab_size"]]
     except BertprepError:
         vocab = find_vocab(shards[0].path, shards[0].meta)
         if vocab is None:
@@ -229,10 +227,7 @@ def masked_predictions(model: Bert, shards: list, count: int, vocab: list[str] |
     if not rows or count < 1:
         return []
     specials = shards[0].meta["special_ids"]
-    model.eval()
-    batch = to_device(rows, torch.device("cpu"))
-    logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
-    probs, top = logits.float().softmax(-1).topk(3, dim=-1)                       # (B, P, 3)
+    probs, top = top_guesses(model, to_device(rows, torch.device("cpu")), 3)     # (B, P, 3)
     examples = []
     for b in range(len(rows["length"])):
         ids = rows["input_ids"][b, : int(rows["length"][b])].tolist()
@@ -260,14 +255,12 @@ def masked_predictions(model: Bert, shards: list, count: int, vocab: list[str] |
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 def _finetune(run: RunLog, cfg: ReportConfig, summary: dict) -> list[tuple[str, str]]:
-    from bertprep.finetune.tune import load_classifier
-
     notes = summary["notes"]
     best = run.path / "best.pt"
     if not best.is_file():
         notes.append("no best.pt in this run directory: confusion matrix and errors left out")
         return [("Overview", page.facts(_facts(run)))]
-    model, ck = load_classifier(best)
+    _, ck = load_classifier(best)  # refuses a damaged file in one line
     kept = {k: (f"{100 * v:.2f}%" if k.endswith("_acc") else f"{v:.4f}") for k, v in ck.items()
             if k.startswith("val_") and isinstance(v, float)}
     facts = {"kept": f"epoch {ck.get('epoch')}" + (f", seed {ck['seed']}" if "seed" in ck else ""), **kept,
@@ -281,9 +274,13 @@ def _finetune(run: RunLog, cfg: ReportConfig, summary: dict) -> list[tuple[str, 
     sections = [("Overview", page.facts(facts | _facts(run)))]
     all_settings = ("Settings", page.settings({"fine-tuning": ck.get("config") or {},
                                                "model": ck.get("model_config", {})}, "best.pt"))
-    rows, source = _read_predictions(run.path / PREDICTIONS_FILE) if not cfg.val else None, PREDICTIONS_FILE
-    if rows is None:
-        rows, source = _predict_val(model, ck, best, cfg, notes)
+    if cfg.val:
+        rows, source = labelled_predictions(best, cfg.val[0], cfg.batch_size), str(cfg.val[0])
+    else:
+        rows, source = _read_predictions(run.path / PREDICTIONS_FILE), PREDICTIONS_FILE
+        if rows is None:
+            notes.append(f"no readable {PREDICTIONS_FILE} in this run directory: confusion matrix and errors left "
+                         "out (pass --val FILE to predict a labelled file)")
     if rows:
         sections.extend(_finetune_sections(rows, source, int(ck.get("num_classes") or 0), cfg, summary))
     return sections + [all_settings]
@@ -332,31 +329,3 @@ def _read_predictions(path: Path) -> list[dict] | None:
 
 def _real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _predict_val(model, ck: dict, best: Path, cfg: ReportConfig, notes: list) -> tuple[list[dict] | None, str]:
-    """Predictions of a single-sentence classifier on its validation file (runs written before
-    `finetune` kept predictions.jsonl), or `--val FILE`."""
-    from bertprep.finetune.tune import collate, encoding_tokenizer
-    from bertprep.finetune.labelled import read_labelled
-
-    ft = ck.get("config") or {}
-    val_file = cfg.val[0] if cfg.val else ft.get("val")
-    if not val_file or not Path(val_file).is_file():
-        notes.append(f"no {PREDICTIONS_FILE} and validation file {val_file!r} not found: confusion matrix and "
-                     "errors left out (pass --val FILE)")
-        return None, ""
-    if not ck.get("num_classes") or ck.get("pair"):
-        notes.append(f"no {PREDICTIONS_FILE}: predictions are recomputed only for single-sentence classifiers")
-        return None, ""
-    data = read_labelled(val_file, ft.get("text_column", "sentence"), ft.get("label_column", "label"))
-    tok = encoding_tokenizer(find_tokenizer(ck, best), int(ft.get("max_len", 128)))
-    seqs = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(data.texts, add_special_tokens=True)]
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(seqs), cfg.batch_size):
-            batch = collate(seqs[start:start + cfg.batch_size], ck["data"]["special_ids"]["pad"])
-            probs.append(model(batch["input_ids"], batch["token_type_ids"], batch["lengths"]).float().softmax(-1))
-    p = torch.cat(probs).numpy()
-    return [{"text": t, "label": int(y), "pred": int(q.argmax()), "prob": float(q.max())}
-            for t, y, q in zip(data.texts, data.labels, p)], str(val_file)

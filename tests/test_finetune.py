@@ -13,7 +13,7 @@ import torch
 
 from bertprep.shards.reader import open_shard
 from bertprep.trainer.config import train_config
-from bertprep.finetune.tune import collate, encoding_tokenizer, load_classifier
+from bertprep.finetune.classifier import collate, encoding_tokenizer, load_classifier
 from bertprep.trainer.interchange import load_pretrained
 from bertprep.trainer.loop import train
 from bertprep.trainer.model import Bert
@@ -78,7 +78,7 @@ def test_finetuning_learns_and_the_checkpoint_predicts_identically(pretrained, l
     sentences = ["Thou art a villain, and I will have thy life.", "The function returns a list of strings."]
     batch = collate([np.asarray(e.ids) for e in tok.encode_batch(sentences)], ckpt["data"]["special_ids"]["pad"])
     with torch.no_grad():
-        probs = model(batch["input_ids"], batch["token_type_ids"], batch["lengths"]).softmax(-1)
+        probs = model(batch["input_ids"], batch["token_type_ids"], batch["length"])[0].softmax(-1)
     capsys.readouterr()
     assert run_cli(["predict", "--checkpoint", out, "--json", *sentences]) == 0
     printed = json.loads(capsys.readouterr().out)

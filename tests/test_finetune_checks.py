@@ -2,7 +2,8 @@
 refused; labels shifted by one class trip the label-balance and initial-loss checks; the worst
 errors name real validation rows; a rating head learns a rating from the text, alone or next to
 the classes; --seeds reports each run and their mean; sentence pairs are read as
-[CLS] a [SEP] b [SEP]; --grad-accum takes the steps a larger batch takes; old checkpoints load."""
+[CLS] a [SEP] b [SEP]; --grad-accum takes the steps a larger batch takes; a loss
+that becomes NaN stops the run with the trainer's one line."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from bertprep.finetune import checks
-from bertprep.finetune.classifier import encode_texts, encoding_tokenizer, load_classifier
+from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.finetune.classifier import encode_texts, encoding_tokenizer
 from conftest import DATA, run_cli
 from test_finetune import pretrained  # noqa: F401 (the shared fixture: one pretraining per session)
 
@@ -66,7 +68,7 @@ def test_a_checkpoint_with_no_matching_weights_is_refused(pretrained, tasks, tmp
     ckpt["model"] = {f"_orig_mod.{k}": v for k, v in ckpt["model"].items()}  # saved from a torch.compile'd model
     bad = tmp_path / "compiled" / "checkpoints"
     bad.mkdir(parents=True)
-    torch.save(ckpt, bad / path.name)
+    torch.save(ckpt_io.seal(ckpt), bad / path.name)  # sealed again: a file written that way, not damaged
     capsys.readouterr()
     assert finetune(bad.parent, tasks, tmp_path / "ft") == 2
     err = capsys.readouterr().err.strip()
@@ -221,21 +223,6 @@ def test_grad_accum_takes_the_steps_a_larger_batch_takes(pretrained, tasks, tmp_
     assert [r["step"] for r in lines(tmp_path / "acc" / "metrics.jsonl")] == [13]
 
 
-def test_a_version_1_checkpoint_still_predicts(pretrained, tasks, tmp_path, capsys):
-    out = tmp_path / "v1"
-    assert finetune(pretrained, tasks, out, "--epochs", "1") == 0
-    ckpt = torch.load(out / "best.pt", weights_only=True)
-    capsys.readouterr()
-    assert run_cli(["predict", "--checkpoint", out, "--json", "Good night, sweet prince."]) == 0
-    now = json.loads(capsys.readouterr().out)
-    old = {k: v for k, v in ckpt.items() if k not in ("rating", "pair", "seed")}
-    torch.save({**old, "version": 1}, out / "best.pt")
-    assert run_cli(["predict", "--checkpoint", out, "--json", "Good night, sweet prince."]) == 0
-    assert json.loads(capsys.readouterr().out) == now
-    model, _ = load_classifier(out / "best.pt")
-    assert model.rate is None and model.head.out_features == 2
-
-
 @pytest.mark.parametrize("args, needle", [
     (["--task", "regression"], "--task regression needs --regression-column"),
     (["--seeds", "1,x"], "--seeds takes comma-separated integers"),
@@ -249,3 +236,10 @@ def test_bad_flags_get_one_line_and_exit_2(pretrained, tasks, tmp_path, capsys, 
     assert finetune(pretrained, tasks, tmp_path / "x", *args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_a_loss_that_becomes_nan_stops_fine_tuning_as_it_stops_pretraining(pretrained, tasks, tmp_path, capsys):
+    capsys.readouterr()
+    assert finetune(pretrained, tasks, tmp_path / "ft", "--epochs", "2", "--lr", "1e9", "--clip", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: loss is nan at step" in err and "lower --lr" in err, err

@@ -172,15 +172,11 @@ def test_report_of_a_finetuning_run_has_the_confusion_matrix_and_worst_errors(fi
     assert run_cli(["report", finetuned, "-o", out, "-n", "3"]) == 0
     stored = parse(out)
     assert sum(stored.cells[:2]) + sum(stored.cells[3:5]) == 30  # 2x2 cells (row totals between) = val rows
-    kept = (finetuned / "predictions.jsonl").is_file()  # finetune's own predictions, where it writes them
-    assert "Worst errors" in out.read_text() and ("sentences of predictions.jsonl" in out.read_text()) == kept
-    if kept:  # without them: the same matrix, recomputed from best.pt on the run's validation file
-        (finetuned / "predictions.jsonl").rename(tmp_path / "kept.jsonl")
-        try:
-            assert run_cli(["report", finetuned, "-o", tmp_path / "again.html", "-n", "3"]) == 0
-        finally:
-            (tmp_path / "kept.jsonl").rename(finetuned / "predictions.jsonl")
-        assert parse(tmp_path / "again.html").cells == stored.cells
+    assert "Worst errors" in out.read_text() and "sentences of predictions.jsonl" in out.read_text()
+    # --val FILE: the same matrix, predicted from best.pt on that file
+    assert run_cli(["report", finetuned, "-o", tmp_path / "again.html", "-n", "3",
+                    "--val", finetuned.parent / "val.jsonl"]) == 0
+    assert parse(tmp_path / "again.html").cells == stored.cells
 
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_exit_2(runs, tmp_path, capsys):

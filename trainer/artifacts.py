@@ -1,9 +1,11 @@
-"""What a trained model needs besides its weights: finding the checkpoint a path means, and the
-tokenizer it was trained with.
+"""What a trained model needs besides its weights: the checkpoint a path means (`load_checkpoint`:
+a file, or a run directory's `best.pt` or newest checkpoint, read and checked), the tokenizer it
+was trained with (`find_tokenizer`), and its tokens in id order (`token_list`).
 
-A run directory keeps its tokenizer (`tokenizer.json`, `vocab.txt`) beside `checkpoints/`; older
-runs are served through their shards' manifest (`tokens_dir`), accepted only when the tokenizer's
-sha256 is the one the shards recorded, so a model is never paired with another vocabulary.
+A run directory keeps its tokenizer (`tokenizer.json`, `vocab.txt`) beside `checkpoints/`; a run
+that could not copy it is served through its shards' manifest (`tokens_dir`), accepted only when
+the tokenizer's sha256 is the one the shards recorded, so a model is never paired with another
+vocabulary.
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ def resolve_checkpoint(path: Path | str) -> Path:
     if newest is None:
         raise InputError(f"{path}: no checkpoints in this run directory")
     return newest
+
+
+def load_checkpoint(path: Path | str) -> tuple[Path, dict]:
+    """The pretraining checkpoint a path means (`resolve_checkpoint`), read and checked (`checkpoint.load`)."""
+    found = resolve_checkpoint(path)
+    return found, ckpt_io.load(found)
+
+
+def token_list(tokenizer) -> list[str]:
+    """A tokenizer's tokens in id order ("" for an id it has no token for)."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    tokens = [""] * max(tokenizer.get_vocab_size(), max(vocab.values(), default=-1) + 1)
+    for token, i in vocab.items():
+        tokens[i] = token
+    return tokens
 
 
 def run_dir_of(ckpt_path: Path) -> Path:

@@ -1,9 +1,17 @@
-"""Checkpoints: written atomically, the newest K kept, loaded with `weights_only=True`.
+"""Checkpoints: the one writer and the one reader of every checkpoint bertprep keeps, and the one
+place a checkpoint becomes a model.
+
+Written atomically, the newest K kept, read with `weights_only=True` (a stranger's file can never
+run code), sealed with a sha256 of their content (`seal` / `check_seal`, also used by the
+fine-tuned classifier's `best.pt`), and refused, in one line naming the file, when the seal or the
+tensors' shapes disagree with what the file says. `load` reads and checks; `build_model` turns a
+checked checkpoint into a `Bert`.
 
 A checkpoint is `<run>/checkpoints/step_00001234.pt`, a `torch.save`d dict of tensors and plain
-values only (so loading a stranger's file can never run code):
+values only:
 
-    format, version     "bertprep-checkpoint", 1
+    format, version     "bertprep-checkpoint", 2
+    sha256              of everything else in the file, tensors as bytes (`seal`)
     step                optimizer updates done
     model               the encoder's state dict (our names; `trainer/hf.py` maps them to HF's)
     model_config        ModelConfig as a dict
@@ -12,12 +20,13 @@ values only (so loading a stranger's file can never run code):
     loader              the loader position (stream.state_dict)
     rng                 {"torch": [per-rank CPU generator states], "cuda": [...] or []}
     config              TrainConfig as a dict (for the record; flags of the resuming run win)
-    phase               (since --init-from) index, name, start_step, schedule_start and source of the
-                        phase this run is; absent in older checkpoints: phase 1 from step 0
+    phase               index, name, start_step, schedule_start (and source) of the phase this run is
+    train_s, train_cpu_s  training time so far (the loop's clock, for --max-time)
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import warnings
@@ -26,13 +35,17 @@ from pathlib import Path
 import torch
 
 from bertprep.shards.atomic import atomic_write, remove_stale_temps
-from bertprep.shards.errors import InputError, ShardFormatError
+from bertprep.shards.errors import BertprepError, InputError, ShardFormatError
+from bertprep.trainer.model import ModelConfig
+from bertprep.trainer.model import Bert
 
 FORMAT = "bertprep-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: sealed with a sha256 of the content, phase always present
 NAME_RE = re.compile(r"^step_(\d{8})\.pt$")
 # What save() writes besides format/version: a file lacking one is not a checkpoint of ours.
-PAYLOAD = ("step", "model", "model_config", "data", "optimizer", "scheduler", "loader", "rng", "config")
+PAYLOAD = ("step", "model", "model_config", "data", "optimizer", "scheduler", "loader", "rng", "config", "phase")
+SEAL = "sha256"
+DAMAGED_ADVICE = "; delete it, and a run directory's previous checkpoint is used"
 
 
 def checkpoint_dir(run_dir: Path | str) -> Path:
@@ -62,7 +75,7 @@ def save(run_dir: Path | str, step: int, payload: dict, keep: int) -> Path:
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
-        torch.save({"format": FORMAT, "version": VERSION, "step": step, **payload}, f)
+        torch.save(seal({"format": FORMAT, "version": VERSION, "step": step, **payload}), f)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -100,20 +113,113 @@ def _first_line(text: str) -> str:
 
 
 def load(path: Path | str) -> dict:
-    """Read a checkpoint without executing anything in it; refuses other formats and versions."""
+    """Read a pretraining checkpoint without executing anything in it, and check it: format,
+    version, seal (a byte changed since it was written), and weights that fit its recorded shape."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    ckpt = read_torch_file(path, "; delete it, and a run directory's previous checkpoint is used")
+    return check(read_torch_file(path, DAMAGED_ADVICE), path)
+
+
+def check(ckpt, path: Path | str) -> dict:
+    """`load`'s checks of a file already read (`read_torch_file`)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ShardFormatError(f"{path}: not a bertprep checkpoint")
     if ckpt.get("version") != VERSION:
         raise ShardFormatError(f"{path}: checkpoint version {ckpt.get('version')}, this trainer reads {VERSION}")
     missing = [k for k in PAYLOAD if k not in ckpt]
-    if missing or not all(isinstance(ckpt[k], dict) for k in ("model", "model_config", "data")):
-        raise ShardFormatError(f"{path}: damaged checkpoint ({', '.join(missing) or 'model, model_config or data'} "
-                               "missing or not a map)")
+    if missing or not all(isinstance(ckpt[k], dict) for k in ("model", "model_config", "data", "phase")):
+        what = ", ".join(missing) or "model, model_config, data or phase"
+        raise ShardFormatError(f"{path}: damaged checkpoint ({what} missing or not a map)")
+    check_seal(ckpt, path, DAMAGED_ADVICE)
+    check_shapes(ckpt["model"], expected_shapes(Bert, model_config(ckpt, path)), path)
     return ckpt
+
+
+def model_config(ckpt: dict, path: Path | str) -> ModelConfig:
+    """The checkpoint's recorded model shape; a record that is not one is a damaged file."""
+    try:
+        return ModelConfig(**ckpt["model_config"])
+    except (TypeError, ValueError, BertprepError) as e:
+        raise ShardFormatError(f"{path}: damaged checkpoint (model_config: {_first_line(str(e))})") from None
+
+
+def build_model(ckpt: dict, path: Path | str) -> Bert:
+    """The `Bert` a checked checkpoint (`load`) holds, its weights loaded, in eval mode, on the CPU."""
+    model = Bert(model_config(ckpt, path))
+    load_state(model, ckpt["model"], path)
+    return model.eval()
+
+
+def load_state(model: torch.nn.Module, state: dict, path: Path | str) -> None:
+    """`model.load_state_dict(state)`, strict; a mismatch is one line naming the file."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        why = " ".join(str(e).split())[:200]
+        raise ShardFormatError(f"{path}: the weights do not fit the model the file describes ({why})") from None
+
+
+def expected_shapes(module: type, *args) -> dict[str, tuple]:
+    """The state dict shapes of `module(*args)`, built on the meta device (no memory, no init draws)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in module(*args).state_dict().items()}
+
+
+def check_shapes(state, expected: dict[str, tuple], path: Path | str) -> None:
+    """Every tensor the model has must have the shape the file's own record gives it (names the
+    model lacks or does not find are left to the loader that decides what may start fresh)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ShardFormatError(f"{path}: the weights are not a map of tensors; refused")
+    for name, shape in expected.items():
+        if name in state and tuple(state[name].shape) != shape:
+            raise ShardFormatError(f"{path}: the weights disagree with the recorded model shape ({name} is "
+                                   f"{list(state[name].shape)}, the shape needs {list(shape)}); refused")
+
+
+# --- the seal: a sha256 of the content -----------------------------------------------------------
+
+def seal(payload: dict) -> dict:
+    """`payload` with its sha256 (of every value but the seal itself) under "sha256"."""
+    body = {k: v for k, v in payload.items() if k != SEAL}
+    return {**body, SEAL: _digest(body)}
+
+
+def check_seal(ckpt: dict, path: Path | str, advice: str = "") -> None:
+    """Refuse a file whose content is not what was written: the weights-only reader cannot see a
+    flipped bit inside a tensor, the seal can."""
+    recorded = ckpt.get(SEAL)
+    if not isinstance(recorded, str):
+        raise ShardFormatError(f"{path}: damaged checkpoint (no sha256 seal)")
+    actual = _digest({k: v for k, v in ckpt.items() if k != SEAL})
+    if actual != recorded:
+        raise ShardFormatError(f"{path}: damaged checkpoint: sha256 mismatch (written {recorded[:12]}…, "
+                               f"read {actual[:12]}…); the file changed after it was written{advice}")
+
+
+def _digest(value) -> str:
+    h = hashlib.sha256()
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _feed(h, value) -> None:
+    """Hash a value of tensors and plain values in a fixed order: type tags, shapes, raw bytes."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k, v in value.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    else:  # str, int, float, bool, None
+        h.update(f"{type(value).__name__}:{value!r};".encode())
 
 
 def check_data_matches(ckpt_data: dict, shard_data: dict, path: Path | str,

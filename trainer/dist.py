@@ -1,4 +1,6 @@
-"""torchrun's environment, read in one place: `setup() -> Dist`, `teardown()`, and small collectives.
+"""torchrun's environment, read in one place: `setup() -> Dist`, `teardown()`, and small collectives;
+and the one device chooser (`pick_device`) and precision (`autocast_for`) that pretraining,
+evaluation and fine-tuning all use.
 
 Under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR set) with WORLD_SIZE > 1 this opens a
 process group: NCCL on CUDA, gloo on CPU. A plain `python trainer/run.py` is a world of one with
@@ -45,18 +47,32 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device `--device` names (auto: CUDA when there is one); under torchrun, this rank's GPU."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if not use_cuda:
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A context factory for the forward pass: bf16 autocast (`--precision bf16`, or `auto` on
+    CUDA), else no autocast (fp32)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def setup(device: str = "auto", timeout_s: float = 600.0) -> Dist:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
     rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if use_cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dev = torch.device("cuda", torch.cuda.current_device())
-    else:
-        dev = torch.device("cpu")
+    dev = pick_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if world > 1 and not tdist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": dev} if use_cuda else {}

@@ -1,5 +1,6 @@
 """Validation: MLM loss, MLM accuracy, perplexity and NSP accuracy over a fixed set of validation
-batches, summed over ranks; and a few decoded examples with the model's top-3 predictions.
+batches, summed over ranks; the model's top-k guesses at masked positions (`top_guesses`: the
+decoded examples here, `predict`'s fill-mask and `report`'s sentences); a few decoded examples.
 
 `evaluate(...)` is the stand-alone entry (for `make demo`): the same numbers for a checkpoint or
 for an untrained model of a preset shape.
@@ -20,7 +21,8 @@ from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.config import model_shape
-from bertprep.trainer.dist import Dist, all_reduce_sum
+from bertprep.trainer.artifacts import load_checkpoint
+from bertprep.trainer.dist import Dist, all_reduce_sum, pick_device
 from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
@@ -88,18 +90,25 @@ def vocab_for(shard_path, meta: dict, explicit: str | None) -> list[str] | None:
 
 
 @torch.no_grad()
+def top_guesses(model, batch: dict[str, torch.Tensor], k: int, autocast=contextlib.nullcontext):
+    """Probabilities and ids (B, P, k) of the model's k best tokens at each `masked_positions`, best first."""
+    was_training = model.training
+    model.eval()
+    with autocast():
+        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
+    model.train(was_training)
+    probs = logits.float().softmax(-1)                                          # (B, P, V)
+    return probs.topk(min(k, probs.size(-1)), dim=-1)
+
+
+@torch.no_grad()
 def decoded_examples(model, stream: ShardStream, device, vocab, count: int, autocast) -> list[str]:
     """The first `count` validation examples with the top-3 predictions at each masked position."""
     if count < 1:
         return []
-    was_training = model.training
-    model.eval()
     cols = stream.batches(0, 1)[0][2]
     batch = to_device({k: v[:count] for k, v in cols.items()}, device)
-    with autocast():
-        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
-    probs, top = logits.float().softmax(-1).topk(3, dim=-1)  # (b, P, 3)
-    model.train(was_training)
+    probs, top = top_guesses(model, batch, 3, autocast)  # (b, P, 3)
     lines = []
     for b in range(batch["input_ids"].size(0)):
         ids = batch["input_ids"][b, : int(batch["length"][b])].tolist()
@@ -128,21 +137,15 @@ def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "
     data = shard_data(shards)
     step = 0
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = ckpt_io.newest(path)
-            if path is None:
-                raise InputError(f"{checkpoint}: no checkpoints in this run directory")
-        ck = ckpt_io.load(path)
+        path, ck = load_checkpoint(checkpoint)
         ckpt_io.check_model_fits(ck, data, path)  # shorter shards are fine (a 512-position model on 128)
-        net = Bert(ModelConfig(**ck["model_config"]))
-        net.load_state_dict(ck["model"])
+        net = ckpt_io.build_model(ck, path)
         step = int(ck["step"])
     else:
         torch.manual_seed(seed)
         net = Bert(ModelConfig(vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"],
                                **model_shape(model)))
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = pick_device(device)
     net.to(dev)
     d = Dist(rank=0, local_rank=0, world_size=1, device=dev)
     stream = val_stream(shards, batch_size, d)

@@ -2,6 +2,8 @@
 `BertForMaskedLM` (or `BertForPreTraining` when NSP was trained); `--init-from-hf DIR` reads one.
 
 Weights travel as safetensors (never pickle); names go through `trainer/hf.py`'s rename table.
+Export reads the checkpoint through `trainer/checkpoint.py` (seal and shapes checked, so the
+directory's config.json and weights agree); import checks the weights against config.json.
 `transformers` itself is never imported here: only its file layout is spoken.
 """
 
@@ -17,9 +19,10 @@ import torch
 from bertprep.shards.atomic import atomic_write, write_json
 from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint
+from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, load_checkpoint
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.hf import from_hf, hf_config, to_hf
+from bertprep.trainer.model import Bert
 
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -44,9 +47,8 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> dict:
     """Write config.json, model.safetensors, vocab.txt, tokenizer.json and the tokenizer configs."""
     from safetensors.torch import save as safetensors_bytes
 
-    path = resolve_checkpoint(checkpoint)
-    ckpt = ckpt_io.load(path)
-    mcfg = ModelConfig(**ckpt["model_config"])
+    path, ckpt = load_checkpoint(checkpoint)  # refuses weights that disagree with the recorded shape
+    mcfg = ckpt_io.model_config(ckpt, path)
     data = ckpt["data"]
     config = hf_config(mcfg, data["special_ids"]["pad"])  # refuses pre-norm models
     arch = "BertForPreTraining" if mcfg.nsp else "BertForMaskedLM"
@@ -98,13 +100,19 @@ def load_hf(directory: str | Path) -> Pretrained:
         hf_state = {f"bert.{k}": v for k, v in hf_state.items()}
     nsp = "cls.seq_relationship.weight" in hf_state and "bert.pooler.dense.weight" in hf_state
     hf_state = {k: v for k, v in hf_state.items() if nsp or not k.startswith("bert.pooler.")}
-    mcfg = ModelConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
-                       layers=config["num_hidden_layers"], hidden=config["hidden_size"],
-                       heads=config["num_attention_heads"], ffn=config["intermediate_size"],
-                       dropout=config.get("hidden_dropout_prob", 0.1), nsp=nsp,
-                       type_vocab_size=config.get("type_vocab_size", 2),
-                       layer_norm_eps=config.get("layer_norm_eps", 1e-12),
-                       init_std=config.get("initializer_range", 0.02))
+    try:
+        mcfg = ModelConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
+                           layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                           heads=config["num_attention_heads"], ffn=config["intermediate_size"],
+                           dropout=config.get("hidden_dropout_prob", 0.1), nsp=nsp,
+                           type_vocab_size=config.get("type_vocab_size", 2),
+                           layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+                           init_std=config.get("initializer_range", 0.02))
+    except (KeyError, TypeError) as e:
+        raise ShardFormatError(f"{directory / 'config.json'}: not a BERT config "
+                               f"({e.__class__.__name__}: {e})") from None
+    state = from_hf(hf_state)
+    ckpt_io.check_shapes(state, ckpt_io.expected_shapes(Bert, mcfg), directory)  # weights that fit config.json
     tok = directory / "tokenizer.json"
     if not tok.is_file():
         if not (directory / "vocab.txt").is_file():
@@ -127,7 +135,7 @@ def load_hf(directory: str | Path) -> Pretrained:
 
     data = {"vocab_size": mcfg.vocab_size, "max_len": mcfg.max_len, "special_ids": specials, "nsp": nsp,
             "tokenizer_sha256": sha256_file(tok)}
-    return Pretrained(str(directory), mcfg, from_hf(hf_state), tok, data)
+    return Pretrained(str(directory), mcfg, state, tok, data)
 
 
 def load_pretrained(checkpoint: str | Path | None = None, hf_dir: str | Path | None = None) -> Pretrained:
@@ -136,9 +144,8 @@ def load_pretrained(checkpoint: str | Path | None = None, hf_dir: str | Path | N
         raise ConfigError("give exactly one of --checkpoint and --init-from-hf")
     if hf_dir is not None:
         return load_hf(hf_dir)
-    path = resolve_checkpoint(checkpoint)
-    ckpt = ckpt_io.load(path)
-    return Pretrained(str(path), ModelConfig(**ckpt["model_config"]), ckpt["model"], find_tokenizer(ckpt, path),
+    path, ckpt = load_checkpoint(checkpoint)
+    return Pretrained(str(path), ckpt_io.model_config(ckpt, path), ckpt["model"], find_tokenizer(ckpt, path),
                       ckpt["data"])
 
 

@@ -1,4 +1,7 @@
-"""The training loop: `train(cfg) -> summary`, one function to read top to bottom, plus its helpers.
+"""Pretraining's loop: `train(cfg) -> summary`. Read in this order: `_prepare` (the model, AdamW,
+schedule and loader: fresh, resumed from a checkpoint, or a new phase), then `_Run.loop` (the loop
+proper), then its helpers (`_reduce_window`, `_validate`, `_save`). Owns `check_finite` (the
+NaN/inf stop, shared with fine-tuning), `StopRequest` (signals) and `TrainClock` (`--max-time`).
 
 Per optimizer step: `--grad-accum` micro-batches from the prefetcher (DDP all-reduces only on the
 last), clip, AdamW, schedule. Every `--log-interval` steps the window's loss is reduced over ranks
@@ -33,14 +36,22 @@ from bertprep.trainer import dist, phases
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
-from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
-from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler
+from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler, optimizer_step
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
 
 class NonFiniteLoss(BertprepError):
     """The loss became NaN or infinite; the run stopped without checkpointing the bad weights."""
+
+
+def check_finite(loss: float, step: int, kept: Path | None, fix: str) -> None:
+    """Stop a run whose loss is NaN or infinite, before anything could keep its weights; says
+    which checkpoint is the last good one (pretraining and fine-tuning alike)."""
+    if not math.isfinite(loss):
+        where = f"; the last good checkpoint is {kept}" if kept else " (no checkpoint was written)"
+        raise NonFiniteLoss(f"loss is {loss} at step {step}{where}; {fix}")
 
 
 class StopRequest:
@@ -122,10 +133,10 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
-    mcfg = ModelConfig(**ck["model_config"]) if ck else phases.model_config(cfg, data, start)
-    phase = phases.phase_of(ck) if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
-    torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank
-    raw = Bert(mcfg).to(d.device)
+    mcfg = ckpt_io.model_config(ck, run_dir) if ck else phases.model_config(cfg, data, start)
+    phase = ck["phase"] if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
+    torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank (a resumed run's come from `ck`)
+    raw = (ckpt_io.build_model(ck, run_dir).train() if ck else Bert(mcfg)).to(d.device)
     model = raw
     if d.distributed:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -139,7 +150,6 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     step, start_batch = 0, 0
     _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
-        raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         apply_rates(opt, sched, cfg.optim, rescale=cfg.optim.schedule == "time")  # the resuming run's --lr, betas, eps, decay
@@ -284,20 +294,13 @@ def _restore_rng(rng: dict, d: dist.Dist) -> None:
         torch.cuda.set_rng_state(rng["cuda"][d.rank], d.device)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    bf16 = cfg.loop.precision == "bf16" or (cfg.loop.precision == "auto" and device.type == "cuda")
-    if not bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 class _Run:
     """The state of one training run between steps; `loop()` is the training loop proper."""
 
     def __init__(self, cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch):
         self.cfg, self.d, self.raw, self.model, self.opt, self.sched = cfg, d, raw, model, opt, sched
         self.stream, self.log, self.run_dir, self.data, self.mcfg, self.val = stream, log, run_dir, data, mcfg, val
-        self.autocast = _autocast(cfg, d.device)
+        self.autocast = dist.autocast_for(cfg.loop.precision, d.device)
         self.last_ckpt: Path | None = ckpt_io.newest(run_dir)
         self.last_val: dict = {}
         self.trace = None
@@ -331,10 +334,7 @@ class _Run:
                     window += torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
                                            parts["mlm_count"].double()])
                     micro += 1
-                if cfg.optim.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.optim.clip)
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
+                optimizer_step(self.opt, self.raw.parameters(), cfg.optim.clip)
                 step += 1
                 done_steps += 1
                 halt, train_s = self._agree(stop.requested, self.clock.read()[0])
@@ -404,9 +404,7 @@ class _Run:
         sums = dist.all_reduce_sum(window.clone(), self.d).tolist()
         n = max(1, micro) * self.d.world_size
         loss = sums[0] / n
-        if not math.isfinite(loss):
-            where = f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else " (no checkpoint was written)"
-            raise NonFiniteLoss(f"loss is {loss} at step {step}{where}; lower --lr, raise --warmup-steps or check the data")
+        check_finite(loss, step, self.last_ckpt, "lower --lr, raise --warmup-steps or check the data")
         return {"step": step, "loss": loss, "mlm_loss": sums[1] / max(1.0, sums[2]), "lr": lr}
 
     def _validate(self, step: int) -> None:

@@ -7,7 +7,7 @@ goes. Training records carry `step`, `loss`, `mlm_loss`, `lr`, `tokens_per_s`, `
 `resume`, `stop` and `end`. On resume, records past the checkpoint's step are dropped, so the file
 always reads as one run. A later phase (`--init-from`) starts its file with the earlier phases'
 records and tags its own with `phase`; an `{"event": "phase"}` record marks where it began. Only
-rank 0 writes.
+rank 0 writes. `read_records` is the one reader (the trainer's resume and phases, `plot`, `report`).
 """
 
 from __future__ import annotations
@@ -47,16 +47,7 @@ class MetricsLog:
         """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill
-            if rec.get("step", 0) <= step:
-                keep.append(line)
-        with atomic_write(self.path, "w") as f:
-            f.write("".join(s + "\n" for s in keep))
+        write_records(self.path, records_until(read_records(self.path), step))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -78,6 +69,30 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl in file order; a line torn by a kill is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def records_until(records: list[dict], step: int) -> list[dict]:
+    """The records up to `step`: what a run resumed (or a phase begun) from that step's checkpoint keeps."""
+    return [r for r in records if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """Replace a metrics.jsonl atomically."""
+    with atomic_write(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
 def train_line(rec: dict) -> str:

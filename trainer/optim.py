@@ -1,6 +1,8 @@
-"""AdamW with BERT's weight-decay groups, and the learning-rate schedule: linear warm-up, then
-linear or cosine decay to `--min-lr` at `--max-steps` (`--schedule steps`) or when the `--max-time`
-budget runs out (`--schedule time`)."""
+"""The optimizer side of a training step, for pretraining and fine-tuning alike: AdamW with BERT's
+weight-decay groups (`adamw`), the learning-rate schedule (linear warm-up, then linear or cosine
+decay to a floor at the last step: `step_schedule`; or, `--schedule time`, when the `--max-time`
+budget runs out), the update itself (`optimizer_step`: clip, step, clear), and the rates a resumed
+or continued run applies over the state it loads (`apply_rates`)."""
 
 from __future__ import annotations
 
@@ -61,14 +63,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel over all tensors) on CUDA and, where this torch has it, on CPU."""
+    """The pretraining run's AdamW (--lr, --beta1, --beta2, --eps, --weight-decay)."""
+    return adamw(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def adamw(model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float,
+          weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, fused (one kernel over all tensors) on CUDA and, where this torch
+    has it, on CPU."""
     import torch
 
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    kwargs = dict(lr=lr, betas=betas, eps=eps)
     try:
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), fused=True, **kwargs)
+        return torch.optim.AdamW(param_groups(model, weight_decay), fused=True, **kwargs)
     except (RuntimeError, ValueError):  # torch < 2.4 has no fused CPU AdamW
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kwargs)
+        return torch.optim.AdamW(param_groups(model, weight_decay), **kwargs)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, parameters, clip: float) -> None:
+    """One update from the summed gradients: clip their global norm to `clip` (0: no clipping),
+    step, clear them."""
+    import torch
+
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: float) -> float:
@@ -113,15 +133,25 @@ def build_scheduler(optimizer, cfg: OptimConfig, max_steps: int, start: int = 0,
     import torch
 
     min_ratio = cfg.min_lr / cfg.lr
+    if cfg.schedule == "steps":
+        return step_schedule(optimizer, warmup=cfg.warmup_steps, max_steps=max_steps - start, decay=cfg.decay,
+                             min_ratio=min_ratio)
 
     def factor(step: int) -> float:  # `step`: updates since the schedule began
-        if cfg.schedule == "time":
-            return budget_lr_factor(step, progress.fraction if progress else 0.0, warmup=cfg.warmup_steps,
-                                    decay=cfg.decay, min_ratio=min_ratio)
-        return lr_factor(step, warmup=cfg.warmup_steps, max_steps=max_steps - start, decay=cfg.decay,
-                         min_ratio=min_ratio)
+        return budget_lr_factor(step, progress.fraction if progress else 0.0, warmup=cfg.warmup_steps,
+                                decay=cfg.decay, min_ratio=min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_schedule(optimizer, *, warmup: int, max_steps: int, decay: str = "linear",
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` updates, then `decay` to `min_ratio` x the peak at `max_steps`
+    updates (counted from the schedule's first)."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup=warmup, max_steps=max_steps, decay=decay, min_ratio=min_ratio))
 
 
 def apply_rates(opt: torch.optim.AdamW, sched: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig,

@@ -24,13 +24,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertprep.shards.atomic import atomic_write, sha256_file
+from bertprep.shards.atomic import sha256_file
 from bertprep.shards.errors import ConfigError, InputError, ShardFormatError
 from bertprep.shards.naming import parse_shard_name
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, resolve_checkpoint, run_dir_of, shard_tokenizer
+from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, load_checkpoint, run_dir_of, shard_tokenizer
 from bertprep.trainer.config import TrainConfig
-from bertprep.trainer.metrics import METRICS_FILE
+from bertprep.trainer.metrics import METRICS_FILE, read_records, records_until, write_records
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.optim import apply_rates
 
@@ -62,11 +62,6 @@ def phase_record(index: int, max_len: int, start_step: int, schedule_start: int,
     rec = {"index": index, "name": f"phase{index}-{max_len}", "start_step": start_step,
            "schedule_start": schedule_start}
     return rec | ({"init_from": source} if source else {})
-
-
-def phase_of(ck: dict) -> dict:
-    """A checkpoint's phase; checkpoints written before phases existed were phase 1 from step 0."""
-    return ck.get("phase") or phase_record(1, int(ck["data"]["max_len"]), 0, 0)
 
 
 def run_dir_arg(path: str | Path) -> Path:
@@ -156,26 +151,21 @@ def starting_point(cfg: TrainConfig, data: dict) -> Start | None:
 
 
 def _from_run(cfg: TrainConfig, data: dict) -> Start:
-    path = resolve_checkpoint(cfg.checkpoint.init_from)
-    ck = ckpt_io.load(path)
+    path, ck = load_checkpoint(cfg.checkpoint.init_from)
     where = f"--init-from {cfg.checkpoint.init_from}"
-    if not {"model", "model_config", "data", "step"} <= ck.keys():
-        raise ShardFormatError(f"{where}: {path} is not a pretraining checkpoint")
     for key in ("vocab_size", "special_ids", "tokenizer_sha256"):
         if ck["data"].get(key) != data.get(key):
             raise ConfigError(f"{where}: that run was trained with {key}={_short(ck['data'].get(key))} but these "
                               f"shards have {key}={_short(data.get(key))}; a new phase needs shards of the same "
                               f"token store (bertprep shard --tokens ... at another --max-len)")
-    mcfg = ModelConfig(**ck["model_config"])
+    mcfg = ckpt_io.model_config(ck, path)
     _check_positions(mcfg, data, where)
     step = int(ck["step"])
     if cfg.loop.max_steps <= step:
         raise ConfigError(f"--max-steps {cfg.loop.max_steps}: {where} ends at step {step} and the step counter goes "
                           f"on from there; give the step this phase should end at (above {step})")
     keep = cfg.checkpoint.keep_optimizer
-    if keep and not {"optimizer", "scheduler"} <= ck.keys():
-        raise ConfigError(f"--keep-optimizer: {path} holds no optimizer state")
-    previous = phase_of(ck)
+    previous = ck["phase"]
     phase = phase_record(previous["index"] + 1, data["max_len"], step,
                          previous["schedule_start"] if keep else step, str(path))
     try:
@@ -281,20 +271,13 @@ def carry_history(start: Start, run_dir: Path, tensorboard: bool) -> None:
     curve across phases. Main rank only; the run directory holds no checkpoint yet."""
     if start.run_dir is None or start.run_dir.resolve() == run_dir.resolve():
         return
-    src, lines = start.run_dir / METRICS_FILE, []
+    src, records = start.run_dir / METRICS_FILE, []
     if src.is_file():
-        for line in src.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill
-            if rec.get("step", 0) > start.step:
-                continue  # written after the checkpoint the phase starts from
+        for rec in records_until(read_records(src), start.step):  # not what came after the checkpoint
             if "event" not in rec and "phase" not in rec:
                 rec["phase"] = start.previous["name"]
-            lines.append(json.dumps(rec) + "\n")
-    with atomic_write(run_dir / METRICS_FILE, "w") as f:
-        f.write("".join(lines))
+            records.append(rec)
+    write_records(run_dir / METRICS_FILE, records)
     events = sorted((start.run_dir / "tb").glob("events.out.tfevents.*"))
     if tensorboard and events:
         (run_dir / "tb").mkdir(parents=True, exist_ok=True)

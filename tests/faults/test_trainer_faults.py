@@ -8,7 +8,9 @@ cut short are refused with one line naming the file and the problem, before a si
 trained (`--no-verify-shards` skips the data check); a checkpoint by `--resume`, `--init-from`,
 `predict`, `export` and `finetune` alike. A pickle checkpoint carrying a payload (and a HuggingFace
 pytorch_model.bin carrying one, through `--init-from-hf`) is refused everywhere a checkpoint is
-read, and the payload never runs."""
+read, and the payload never runs. One flipped bit inside a checkpoint's tensors (pretraining or
+fine-tuned) and a checkpoint whose weights disagree with its recorded shape (or a HuggingFace
+directory whose weights disagree with its config.json) are refused by every reader in one line."""
 
 from __future__ import annotations
 
@@ -338,3 +340,66 @@ def test_a_pickle_checkpoint_with_a_payload_is_refused_and_never_runs(built, tra
         where = "pytorch_model.bin" if "hf" in name else evil.name
         assert where in err and "refused" in err and "io.open" in err, (name, err)
     assert not marker.exists(), "a checkpoint's pickle payload ran"
+
+
+def flip_inside(path: Path, tensor: torch.Tensor) -> None:
+    """Flip one bit in the middle of `tensor`'s bytes where the file stores them (zip entries are
+    stored uncompressed): damage the weights-only reader cannot see."""
+    raw, blob = path.read_bytes(), tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    at = raw.find(blob)
+    assert at > 0 and raw.find(blob, at + 1) < 0, "the tensor's bytes are not found once in the file"
+    at += len(blob) // 2
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x10]) + raw[at + 1:])
+
+
+def test_a_flipped_bit_inside_a_checkpoint_is_refused_by_every_reader(built, trained, tmp_path, capsys):
+    """Issue 18 item 1: the seal (a sha256 of the content) catches what the zip container cannot."""
+    run = shutil.copytree(trained, tmp_path / "run")
+    last = ckpt_io.newest(run)
+    moment = next(iter(ckpt_io.load(last)["optimizer"]["state"].values()))["exp_avg"]
+    flip_inside(last, moment)
+    for name, (entry, args) in readers(built, run, last, tmp_path).items():
+        err = refused(capsys, entry, args)
+        assert last.name in err and "sha256 mismatch" in err, (name, err)
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "ft").exists()  # refused before writing
+
+
+def test_a_checkpoint_whose_weights_disagree_with_its_shape_is_refused_by_every_reader(built, trained, tmp_path,
+                                                                                      capsys):
+    """Issue 18 item 2: one loader checks the tensors against the recorded shape, for every reader
+    (export used to write a HuggingFace directory whose config.json and weights disagree)."""
+    run = shutil.copytree(trained, tmp_path / "run")
+    last = ckpt_io.newest(run)
+    ck = ckpt_io.load(last)
+    ck["model_config"]["ffn"] *= 2  # a file whose record lies about its weights, sealed as written
+    torch.save(ckpt_io.seal(ck), last)
+    for name, (entry, args) in readers(built, run, last, tmp_path).items():
+        err = refused(capsys, entry, args)
+        assert last.name in err and "disagree with the recorded model shape" in err, (name, err)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_huggingface_directory_whose_weights_disagree_with_its_config_is_refused(trained, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    assert run_cli(["export", "--checkpoint", trained, "--hf", hf]) == 0
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps(config | {"intermediate_size": 2 * config["intermediate_size"]}))
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"sentence": s, "label": i % 2}) + "\n" for i, s in enumerate(["a b", "c d"] * 4)))
+    err = refused(capsys, run_cli, ["finetune", "--init-from-hf", hf, "--train", data, "--val", data,
+                                    "--out", tmp_path / "ft", "--epochs", "1"])
+    assert str(hf) in err and "disagree with the recorded model shape" in err, err
+
+
+def test_a_flipped_bit_inside_a_finetuned_checkpoint_is_refused(built, trained, tmp_path, capsys):
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"sentence": s, "label": i % 2}) + "\n"
+                            for i, s in enumerate(["a fine day .", "the list is sorted ."] * 4)))
+    ft = tmp_path / "ft"
+    assert run_cli(["finetune", "--checkpoint", trained, "--train", data, "--val", data, "--out", ft,
+                    "--epochs", "1", "--max-len", "32"]) == 0
+    best = ft / "best.pt"
+    flip_inside(best, torch.load(best, weights_only=True)["model"]["head.weight"])
+    for args in (["predict", "--checkpoint", ft, "a fine day ."], ["report", ft, "-o", tmp_path / "r.html"]):
+        err = refused(capsys, run_cli, args)
+        assert "best.pt" in err and "sha256 mismatch" in err, (args, err)
