@@ -18,6 +18,7 @@ Pieces live under hidden temporary names in the output directory and are removed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,11 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
 
     def mapped(name: str, dtype) -> np.ndarray:
         path = directory / name
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size % dtype.itemsize:  # numpy would raise on mapping it
+            raise ShardFormatError(f"{path}: {size} bytes, not a whole number of {dtype.itemsize}-byte values; "
+                                   "re-run bertprep tokenize")
+        if size == 0:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r")
 
@@ -206,7 +211,56 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
         raise ShardFormatError(f"{directory}: array sizes disagree with the manifest's counts; re-run bertprep tokenize")
     if len(sents) and (sents[-1] != len(ids) or (len(docs) and docs[-1] != len(sents) - 1)):
         raise ShardFormatError(f"{directory}: offsets do not end at the data's end; re-run bertprep tokenize")
+    if verify:
+        _check_content(directory, manifest["tokenizer"]["vocab_size"], ids, sents, docs)
+        _check_tokenizer(directory, manifest["tokenizer"]["vocab_size"])
     return TokenStore(directory, manifest, ids, sents, docs)
+
+
+CHECK_BLOCK = 1 << 24  # values per block of the content check: memory stays flat for any store
+
+
+def _check_content(directory: Path, vocab_size: int, ids: np.ndarray, sents: np.ndarray, docs: np.ndarray) -> None:
+    """What `shard` indexes with, checked in one blockwise pass: every id within the vocabulary,
+    offsets that start at 0 and strictly increase (no empty sentence or document is stored) and
+    end at their data's end. Checksums cannot tell: they only say the files are the ones written."""
+    for name, offsets, end in (("sentences.bin", sents, len(ids)), ("documents.bin", docs, len(sents) - 1)):
+        if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != end:
+            raise ShardFormatError(f"{directory / name}: offsets do not run from 0 to {end}; re-run bertprep tokenize")
+        for a in range(0, len(offsets) - 1, CHECK_BLOCK):
+            block = np.asarray(offsets[a:a + CHECK_BLOCK + 1])
+            if not (block[1:] > block[:-1]).all():
+                at = a + int(np.flatnonzero(block[1:] <= block[:-1])[0]) + 1
+                raise ShardFormatError(f"{directory / name}: offset {at} ({int(block[at - a])}) does not exceed the "
+                                       f"one before it; re-run bertprep tokenize")
+    for a in range(0, len(ids), CHECK_BLOCK):
+        top = int(ids[a:a + CHECK_BLOCK].max())
+        if top >= vocab_size:
+            raise ShardFormatError(f"{directory / 'ids.bin'}: holds id {top}, beyond the vocabulary of {vocab_size} "
+                                   "ids; re-run bertprep tokenize")
+
+
+def _check_tokenizer(directory: Path, vocab_size: int) -> None:
+    """tokenizer.json must hold exactly the ids 0..vocab_size-1, and vocab.txt (which `shard` reads
+    to find `##` pieces and specials) list its tokens in id order, one a line."""
+    path = directory / "tokenizer.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        by_id = {i: t for t, i in spec["model"]["vocab"].items()}
+        by_id.update({t["id"]: t["content"] for t in spec.get("added_tokens") or []})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ShardFormatError(f"{path}: not a WordPiece tokenizers JSON file; re-run bertprep tokenize") from None
+    if sorted(by_id) != list(range(vocab_size)):
+        raise ShardFormatError(f"{path}: holds {len(by_id)} ids, the manifest's vocab_size is {vocab_size}; "
+                               "re-run bertprep tokenize")
+    vocab_txt = directory / "vocab.txt"
+    try:
+        lines = vocab_txt.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+    if lines[:-1] != [by_id[i] for i in range(vocab_size)] or lines[-1] != "":
+        raise ShardFormatError(f"{vocab_txt}: does not list tokenizer.json's {vocab_size} tokens in id order, one a "
+                               "line; re-run bertprep tokenize")
 
 
 class TokenPieceWriter:
