@@ -13,7 +13,6 @@ from typing import Callable, Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertprep.shards.atomic import atomic_write, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -157,10 +156,7 @@ def vocab_list(tok: Tokenizer) -> list[str]:
     return tokens
 
 
-def save_tokenizer(tok: Tokenizer, directory: Path) -> str:
-    """Write tokenizer.json and vocab.txt atomically; returns tokenizer.json's sha256."""
-    with atomic_write(directory / "tokenizer.json", "w") as f:
-        f.write(tok.to_str(pretty=True))
-    with atomic_write(directory / "vocab.txt", "w") as f:
-        f.write("\n".join(vocab_list(tok)) + "\n")
-    return sha256_file(directory / "tokenizer.json")
+def tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
+    """The bytes of tokenizer.json and vocab.txt for `tok`, as a token store holds them."""
+    return {"tokenizer.json": tok.to_str(pretty=True).encode("utf-8"),
+            "vocab.txt": ("\n".join(vocab_list(tok)) + "\n").encode("utf-8")}

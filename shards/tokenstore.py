@@ -44,12 +44,19 @@ PIECE_HEADER = np.dtype([("version", "<u4"), ("itemsize", "<u4"), ("tokens", "<i
 
 class TokenStoreWriter:
     """Streams batches of tokenized sentences to temporary files; `close()` publishes them and the
-    manifest (last). Memory stays flat: nothing but the current batch is held."""
+    manifest (last). Memory stays flat: nothing but the current batch is held.
+
+    A store already in the directory stays complete and usable until `close()`: every new file is
+    built beside it under a temporary name (`stage` for the tokenizer files), and only then is the
+    old manifest removed, the new files renamed over the old ones and the new manifest written.
+    A failed or killed run leaves the old store as it was (and temporaries for the next run to
+    remove); a kill inside those few renames leaves no manifest, so never a store that looks complete."""
 
     def __init__(self, directory: Path, vocab_size: int):
         self.directory = Path(directory)
         self.dtype = id_dtype(vocab_size).newbyteorder("<")
         self._tmp = {name: temp_name(self.directory / name) for name in DATA_FILES}
+        self._staged: dict[str, Path] = {}
         self._files = {name: open(path, "wb") for name, path in self._tmp.items()}
         self.num_tokens = 0
         self.num_sentences = 0
@@ -86,15 +93,36 @@ class TokenStoreWriter:
         self.num_tokens = int(offsets[-1])
         self.num_sentences += len(lengths)
 
+    def stage(self, name: str, data: bytes) -> Path:
+        """Write one of TOKENIZER_FILES, complete, under its temporary name (published by `close`);
+        returns that name, which cluster workers read before the store is published."""
+        if name not in TOKENIZER_FILES:
+            raise ValueError(f"not a tokenizer file: {name}")
+        tmp = self._staged[name] = temp_name(self.directory / name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
     def close(self, manifest: dict) -> dict:
-        """Close the last document, publish the data files, then the manifest. Returns the manifest."""
+        """Close the last document, then replace the old store (if any) by the new one, manifest
+        last. A staged file identical to the one it replaces leaves that file untouched (it may be
+        this run's own input: `--vocab DIR/vocab.txt --out DIR`). Returns the manifest."""
         if self.num_sentences:
             self._files["documents.bin"].write(np.asarray([self.num_sentences], OFFSET_DTYPE).tobytes())
         for f in self._files.values():
             f.close()
-        checksums = {}
+        checksums = {name: sha256_file(tmp) for name, tmp in self._tmp.items()}
+        # Everything new is complete on disk: from here the old store stops being one.
+        (self.directory / MANIFEST).unlink(missing_ok=True)
+        for name, tmp in self._staged.items():
+            final = self.directory / name
+            if final.is_file() and not final.is_symlink() and sha256_file(final) == sha256_file(tmp):
+                tmp.unlink()
+            else:
+                publish(tmp, final)
         for name, tmp in self._tmp.items():
-            checksums[name] = sha256_file(tmp)
             publish(tmp, self.directory / name)
         manifest = dict(manifest, format=FORMAT_NAME, format_version=FORMAT_VERSION,
                         id_dtype=self.dtype.name, files=checksums,
@@ -107,7 +135,7 @@ class TokenStoreWriter:
         for f in self._files.values():
             with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
                 f.close()
-        for tmp in self._tmp.values():
+        for tmp in [*self._tmp.values(), *self._staged.values()]:
             tmp.unlink(missing_ok=True)
 
 
