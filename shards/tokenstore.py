@@ -245,7 +245,7 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
     return TokenStore(directory, manifest, ids, sents, docs)
 
 
-CHECK_BLOCK = 1 << 24  # values per block of the content check: memory stays flat for any store
+CHECK_BLOCK = 1 << 22  # values per block of the content check: memory stays flat for any store
 
 
 def _check_content(directory: Path, vocab_size: int, ids: np.ndarray, sents: np.ndarray, docs: np.ndarray) -> None:
