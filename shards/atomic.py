@@ -170,11 +170,12 @@ def output_lock(directory: Path, command: str) -> Iterator[None]:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "bertprep"
+        holder = os.pread(fd, 16, 0).decode("ascii", "replace")
         os.close(fd)
         if e.errno not in (errno.EACCES, errno.EAGAIN):
             raise
-        raise InputError(f"{directory}: another bertprep {holder} run is writing here; wait for it or use another "
+        holder = f"{holder} " if re.fullmatch(r"[a-z]+", holder) else ""  # empty while the holder starts
+        raise InputError(f"{directory}: another bertprep {holder}run is writing here; wait for it or use another "
                          "--out") from None
     try:
         os.ftruncate(fd, 0)
