@@ -113,7 +113,11 @@ class TokenStoreWriter:
             self._files["documents.bin"].write(np.asarray([self.num_sentences], OFFSET_DTYPE).tobytes())
         for f in self._files.values():
             f.close()
-        checksums = {name: sha256_file(tmp) for name, tmp in self._tmp.items()}
+        checksums = {}
+        for name, tmp in self._tmp.items():
+            checksums[name] = sha256_file(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         # Everything new is complete on disk: from here the old store stops being one.
         (self.directory / MANIFEST).unlink(missing_ok=True)
         for name, tmp in self._staged.items():
