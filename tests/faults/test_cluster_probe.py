@@ -1,6 +1,7 @@
 """Issue 18 item 10: `--cluster ADDRESS --cluster-timeout T` gives up after about T seconds even when
 something at ADDRESS accepts TCP connections but never speaks (not a Dask scheduler): one `error:`
-line, exit 2, nothing written. The silent server is a socket on 127.0.0.1 in this process."""
+line, exit 2, nothing written, for `tokenize` and `shard` alike. The silent server is a socket on
+127.0.0.1 in this process."""
 
 from __future__ import annotations
 
@@ -43,11 +44,13 @@ def silent_server():
     srv.close()
 
 
-def test_a_server_that_accepts_and_never_answers_times_out(silent_server, tmp_path):
-    out = tmp_path / "tokens"
+@pytest.mark.parametrize("command", ["tokenize", "shard"])
+def test_a_server_that_accepts_and_never_answers_times_out(command, silent_server, token_store, tmp_path):
+    out = tmp_path / "out"
+    args = (["tokenize", PLAIN, "--vocab-size", "600"] if command == "tokenize"
+            else ["shard", "--tokens", token_store, "--max-len", "64"])
     # finish() kills the process after `timeout` and fails the test as a hang.
-    run = bertprep("tokenize", PLAIN, "--out", out, "--vocab-size", "600", "--cluster", silent_server,
-                   "--cluster-timeout", "2", timeout=60)
+    run = bertprep(*args, "--out", out, "--cluster", silent_server, "--cluster-timeout", "2", timeout=60)
     line = run.one_error_line()
     assert silent_server in line and "Dask scheduler" in line, line
     assert data_files(out) == {}
