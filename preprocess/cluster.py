@@ -234,8 +234,16 @@ def _probe(address: str, timeout: float) -> None:
         comm = await connect(address if "://" in address else f"tcp://{address}", timeout=timeout)
         await comm.close()
 
+    async def bounded():
+        # `connect` bounds only the TCP connection: reading the scheduler's handshake has no
+        # deadline of its own, so a server that accepts and never answers would hang us forever.
+        try:
+            await asyncio.wait_for(handshake(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no handshake within {timeout:g}s") from None
+
     try:
-        asyncio.run(handshake())
+        asyncio.run(bounded())
     except (OSError, TimeoutError) as e:
         raise ClusterError(f"--cluster {address}: no Dask scheduler answered within {timeout:g}s ({e}); start one "
                            f"with `dask scheduler` and workers with `dask worker {address}`, or use --cluster local:N"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import os
 import sys
 import threading
@@ -34,7 +32,7 @@ from bertprep.preprocess.seeding import STAGE_EXAMPLES, rng_for
 from bertprep.preprocess.splits import assign_documents, chunk_documents, parse_split
 from bertprep.shards import naming, schema
 from bertprep.shards.arrow_ipc import ArrowShardWriter
-from bertprep.shards.atomic import environment_errors, remove_stale_temps, write_json
+from bertprep.shards.atomic import environment_errors, output_lock, remove_stale_temps, write_json
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.manifest import read_manifest, write_manifest
 from bertprep.shards.naming import ShardFormat
@@ -43,7 +41,6 @@ from bertprep.shards.msgpack_zstd import MsgpackShardWriter
 from bertprep.shards.tokenstore import TokenStore, open_token_store
 
 CHUNK_TOKENS = 1 << 18
-LOCK_NAME = ".bertprep.lock"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,23 +171,9 @@ def _run_task(args) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """One shard run per output directory at a time (the kernel drops the lock if we die).
-
-    A POSIX record lock (`lockf`), not `flock`: forked pool workers share an flock'd file
-    description, so a worker outliving a killed parent would keep the next run out."""
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        raise InputError(f"{out}: another bertprep shard run is writing here; wait for it or use another --out") from None
-    try:
+    """One shard run per output directory at a time (`atomic.output_lock`, shared with tokenize)."""
+    with output_lock(out, "shard"):
         yield
-    finally:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _prepare_out(cfg: ShardConfig, label: str, run: dict) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import queue as queue_mod
 import secrets
@@ -39,10 +40,10 @@ from bertprep.preprocess.corpus import (DOC_BREAK, InputFormat, ReadStats, Span,
                                         read_corpus)
 from bertprep.preprocess.cluster import ClusterConfig
 from bertprep.preprocess.reference import ReferenceEncoder
-from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, save_tokenizer,
-                                       special_ids, train_tokenizer)
+from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, special_ids,
+                                       tokenizer_files, train_tokenizer)
 from bertprep.shards import tokenstore
-from bertprep.shards.atomic import environment_errors, remove_stale_temps, sha256_file
+from bertprep.shards.atomic import environment_errors, output_lock, remove_stale_temps, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
 from bertprep.shards.options import check, option
@@ -205,12 +206,10 @@ def _run_key(cfg: TokenizeConfig, resolved: list[tuple[Path, str]]) -> dict:
 
 
 def _prepare_out(cfg: TokenizeConfig, run_key: dict) -> None:
+    """Refuse an --out holding another run's store, unless --overwrite; remove what killed runs
+    left. The old store itself stays as it is: `TokenStoreWriter.close` replaces it once the new
+    one is complete. Called with the output lock held."""
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise InputError(f"{out}: output directory is not writable")
     manifest_path = out / tokenstore.MANIFEST
     if manifest_path.exists():
         try:
@@ -221,9 +220,41 @@ def _prepare_out(cfg: TokenizeConfig, run_key: dict) -> None:
             raise InputError(f"{out}: holds the token store of a different run "
                              f"({', '.join(i['path'] for i in old.get('run', {}).get('inputs', [])) or 'unknown inputs'}); "
                              "pass --overwrite to replace it or choose another --out")
-    # The old manifest goes first, so a run killed from here on never leaves a store that looks complete.
-    manifest_path.unlink(missing_ok=True)
     remove_stale_temps(out)
+
+
+def _open_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise InputError(f"{out}: output directory is not writable")
+
+
+def _written_over(cfg: TokenizeConfig, path: Path) -> str | None:
+    """The file of --out that `path` (an input) is, when this run writes one by that name."""
+    for name in tokenstore.DATA_FILES + tokenstore.TOKENIZER_FILES + (tokenstore.MANIFEST,):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, cfg.out / name):
+                return name
+    return None
+
+
+def _check_inputs_survive(cfg: TokenizeConfig, files: dict[str, bytes] | None) -> None:
+    """Never write over an input. A corpus file that is one of --out's files is refused; so is a
+    --vocab or --tokenizer that is, unless this run would write the very same bytes there (then
+    the file is left untouched: re-running into the directory whose vocab.txt it reads)."""
+    for p in cfg.inputs:
+        if name := _written_over(cfg, p):
+            raise InputError(f"{p}: is an input and also the {name} this run writes into --out {cfg.out}; "
+                             "choose another --out")
+    if files is None:
+        return
+    for flag, p in (("--vocab", cfg.vocab.vocab), ("--tokenizer", cfg.vocab.tokenizer)):
+        if p is not None and (name := _written_over(cfg, p)):
+            if files.get(name) != Path(p).read_bytes():
+                raise InputError(f"{p}: is the {flag} this run reads and the {name} it would write into --out "
+                                 f"{cfg.out} (with other bytes); copy it elsewhere or choose another --out")
 
 
 def _load_or_train(cfg: TokenizeConfig, resolved, total_bytes: int):
@@ -265,22 +296,29 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
         os.environ["RAYON_RS_NUM_THREADS"] = str(cfg.workers)
     resolved = [(p, detect_format(p) if cfg.fmt == "auto" else cfg.fmt) for p in cfg.inputs]
     run_key = _run_key(cfg, resolved)
-    _prepare_out(cfg, run_key)
+    _check_inputs_survive(cfg, None)
+    _open_out(cfg.out)
     total_bytes = sum(p.stat().st_size for p in cfg.inputs)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(cfg.out, "tokenize"))
+        _prepare_out(cfg, run_key)
         # A cluster is reached and checked first: a wrong address fails in seconds, not after the vocab.
         session = _open_cluster(cfg, stack) if cfg.cluster.address else None
         tok, source = _load_or_train(cfg, resolved, total_bytes)
         specials = special_ids(tok, source)
-        tok_sha = save_tokenizer(tok, cfg.out)
+        files = tokenizer_files(tok)
+        _check_inputs_survive(cfg, files)
+        tok_sha = hashlib.sha256(files["tokenizer.json"]).hexdigest()
         vocab_size = tok.get_vocab_size(with_added_tokens=True)
         chunks = [(p, fmt, span) for p, fmt in resolved for span in plan_spans(p, fmt, cfg.chunk_bytes)]
 
         writer = tokenstore.TokenStoreWriter(cfg.out, vocab_size)
         try:
+            staged = {name: writer.stage(name, data) for name, data in files.items()}
             if session:
-                counts, backend, fallback_reason = _encode_on_cluster(cfg, session, chunks, tok, tok_sha, vocab_size,
+                counts, backend, fallback_reason = _encode_on_cluster(cfg, session, chunks, tok, tok_sha,
+                                                                      staged["tokenizer.json"], vocab_size,
                                                                       specials, writer)
             else:
                 counts, backend, fallback_reason = _encode_here(cfg, tok, chunks, specials, writer, total_bytes)
@@ -329,8 +367,9 @@ def _encode_here(cfg: TokenizeConfig, tok, chunks: list[Chunk], specials: dict, 
 class ChunkJob:
     """What every tokenize task of one run shares (small: it travels with each task)."""
 
-    out: str               # absolute --out: holds tokenizer.json, and the pieces the tasks write
-    tokenizer_sha256: str  # the tokenizer.json the driver wrote, which each worker checks it reads
+    out: str               # absolute --out: holds the pieces the tasks write
+    tokenizer: str         # the tokenizer.json the driver staged in --out (a temporary name until the end)
+    tokenizer_sha256: str  # its sha256, which each worker checks it reads
     backend: str
     vocab_size: int
     unk_id: int
@@ -348,7 +387,7 @@ def _worker_encoder(job: ChunkJob):
         if key not in _ENCODERS:
             from tokenizers import Tokenizer
 
-            path = Path(job.out) / "tokenizer.json"
+            path = Path(job.tokenizer)
             if sha256_file(path) != job.tokenizer_sha256:
                 raise InputError(f"{path}: this worker reads another tokenizer.json than the driver wrote; "
                                  "--out must be one directory that every worker shares")
@@ -392,15 +431,15 @@ def _open_cluster(cfg: TokenizeConfig, stack: contextlib.ExitStack):
     return session
 
 
-def _encode_on_cluster(cfg: TokenizeConfig, session, chunks: list[Chunk], tok, tok_sha: str, vocab_size: int,
-                       specials: dict, writer):
+def _encode_on_cluster(cfg: TokenizeConfig, session, chunks: list[Chunk], tok, tok_sha: str, tok_path: Path,
+                       vocab_size: int, specials: dict, writer):
     """Each span a task on the cluster; the pieces are appended here in span order."""
     from bertprep.preprocess import cluster
 
     backend, fallback_reason = encoder_choice(tok, cfg.backend)
     out = Path(os.path.abspath(cfg.out))
-    job = ChunkJob(out=str(out), tokenizer_sha256=tok_sha, backend=cfg.backend, vocab_size=vocab_size,
-                   unk_id=specials["unk"], piece_prefix=session.piece_prefix)
+    job = ChunkJob(out=str(out), tokenizer=os.path.abspath(tok_path), tokenizer_sha256=tok_sha, backend=cfg.backend,
+                   vocab_size=vocab_size, unk_id=specials["unk"], piece_prefix=session.piece_prefix)
     tasks = [(i, os.path.abspath(p), fmt, span) for i, (p, fmt, span) in enumerate(chunks)]
     stats = ReadStats()
     unk = 0

@@ -13,7 +13,6 @@ from typing import Callable, Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertprep.shards.atomic import atomic_write, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.options import option
 
@@ -64,20 +63,45 @@ def special_ids(tok: Tokenizer, where: str) -> dict[str, int]:
     return {t.strip("[]").lower(): i for t, i in ids.items()}
 
 
-def load_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
+# What HuggingFace's vocab.txt reader (`tokenizers`' WordPiece.read_file, used by
+# BertWordPieceTokenizer and transformers' BertTokenizerFast) strips from the end of each line:
+# Rust's char::is_whitespace. Not Python's str.isspace, which also takes \x1c-\x1f.
+HF_TRIMMED = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+def read_vocab_txt(path: Path) -> dict[str, int]:
+    """A vocab.txt as HuggingFace reads it: line i (from 0, split at `\\n` only) is token i, with
+    trailing whitespace stripped; a blank line is the token "" (which no text can produce), so
+    every later id stays its line number. HuggingFace keeps the last line of a token given twice
+    and leaves the earlier line's id to no token; an id without a token has no place in a vocab
+    of N ids, so a file with a repeated token is refused instead."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: no such vocab file") from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
         raise InputError(f"{path}: not a readable UTF-8 vocab.txt ({e.__class__.__name__})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line opens no line of its own
+        lines.pop()
     vocab: dict[str, int] = {}
-    for line in lines:
-        token = line.rstrip("\r\n")
-        if token and token not in vocab:
-            vocab[token] = len(vocab)
+    for i, line in enumerate(lines):
+        token = line.rstrip(HF_TRIMMED)
+        if token in vocab:
+            first = vocab[token]
+            what = "are both blank" if token == "" else f"both hold {token!r}"
+            raise InputError(f"{path}: lines {first + 1} and {i + 1} {what} (trailing whitespace stripped); a vocab.txt "
+                             f"gives each line its line number as id, and HuggingFace would leave id {first} to no "
+                             "token: remove one of the two lines")
+        vocab[token] = i
     if not vocab:
         raise InputError(f"{path}: empty vocab file")
+    return vocab
+
+
+def load_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
+    """A BERT vocab.txt as a tokenizer giving exactly HuggingFace's ids for the same file."""
+    vocab = read_vocab_txt(path)
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     special_ids(tok, str(path))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
@@ -137,10 +161,7 @@ def vocab_list(tok: Tokenizer) -> list[str]:
     return tokens
 
 
-def save_tokenizer(tok: Tokenizer, directory: Path) -> str:
-    """Write tokenizer.json and vocab.txt atomically; returns tokenizer.json's sha256."""
-    with atomic_write(directory / "tokenizer.json", "w") as f:
-        f.write(tok.to_str(pretty=True))
-    with atomic_write(directory / "vocab.txt", "w") as f:
-        f.write("\n".join(vocab_list(tok)) + "\n")
-    return sha256_file(directory / "tokenizer.json")
+def tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
+    """The bytes of tokenizer.json and vocab.txt for `tok`, as a token store holds them."""
+    return {"tokenizer.json": tok.to_str(pretty=True).encode("utf-8"),
+            "vocab.txt": ("\n".join(vocab_list(tok)) + "\n").encode("utf-8")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from typing import IO, Iterator
 from bertprep.shards.errors import BertprepError, InputError, OutputError, ShardFormatError
 
 TMP_SUFFIX = ".tmp"
+LOCK_NAME = ".bertprep.lock"  # in an output directory: held by the run writing there
+_PID_RE = re.compile(rf"\.(\d+){re.escape(TMP_SUFFIX)}$")  # the writer's PID in a `temp_name`
 
 
 def temp_name(final: Path) -> Path:
@@ -149,10 +152,55 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
 
 
 def remove_stale_temps(directory: Path) -> int:
-    """Delete temporary files an interrupted run left in `directory`; returns how many."""
+    """Delete temporary files an interrupted run left in `directory`; returns how many. A file
+    whose `temp_name` carries the PID of a live process (this one included) is kept: it may be
+    being written right now. Callers hold `output_lock`, so a temporary without a PID (a cluster
+    task's piece) belongs to a run that is over."""
     n = 0
     for p in directory.glob(f".*{TMP_SUFFIX}"):
+        m = _PID_RE.search(p.name)
+        if m and _alive(int(m.group(1))):
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1
     return n
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a number no PID can be
+        return pid < 1 << 31
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(directory: Path, command: str) -> Iterator[None]:
+    """One bertprep run writing into `directory` at a time (the kernel drops the lock if we die).
+
+    A POSIX record lock (`lockf`), not `flock`: forked pool workers share an flock'd file
+    description, so a worker outliving a killed parent would keep the next run out. The holder
+    writes its command's name into the lock file, so a refused run can say whose lock it met."""
+    fd = os.open(Path(directory) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 16, 0).decode("ascii", "replace")
+        os.close(fd)
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        holder = f"{holder} " if re.fullmatch(r"[a-z]+", holder) else ""  # empty while the holder starts
+        raise InputError(f"{directory}: another bertprep {holder}run is writing here; wait for it or use another "
+                         "--out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, command.encode("ascii"), 0)
+        yield
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)

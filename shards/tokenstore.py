@@ -18,6 +18,7 @@ Pieces live under hidden temporary names in the output directory and are removed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,19 @@ PIECE_HEADER = np.dtype([("version", "<u4"), ("itemsize", "<u4"), ("tokens", "<i
 
 class TokenStoreWriter:
     """Streams batches of tokenized sentences to temporary files; `close()` publishes them and the
-    manifest (last). Memory stays flat: nothing but the current batch is held."""
+    manifest (last). Memory stays flat: nothing but the current batch is held.
+
+    A store already in the directory stays complete and usable until `close()`: every new file is
+    built beside it under a temporary name (`stage` for the tokenizer files), and only then is the
+    old manifest removed, the new files renamed over the old ones and the new manifest written.
+    A failed or killed run leaves the old store as it was (and temporaries for the next run to
+    remove); a kill inside those few renames leaves no manifest, so never a store that looks complete."""
 
     def __init__(self, directory: Path, vocab_size: int):
         self.directory = Path(directory)
         self.dtype = id_dtype(vocab_size).newbyteorder("<")
         self._tmp = {name: temp_name(self.directory / name) for name in DATA_FILES}
+        self._staged: dict[str, Path] = {}
         self._files = {name: open(path, "wb") for name, path in self._tmp.items()}
         self.num_tokens = 0
         self.num_sentences = 0
@@ -85,8 +93,22 @@ class TokenStoreWriter:
         self.num_tokens = int(offsets[-1])
         self.num_sentences += len(lengths)
 
+    def stage(self, name: str, data: bytes) -> Path:
+        """Write one of TOKENIZER_FILES, complete, under its temporary name (published by `close`);
+        returns that name, which cluster workers read before the store is published."""
+        if name not in TOKENIZER_FILES:
+            raise ValueError(f"not a tokenizer file: {name}")
+        tmp = self._staged[name] = temp_name(self.directory / name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
     def close(self, manifest: dict) -> dict:
-        """Close the last document, publish the data files, then the manifest. Returns the manifest."""
+        """Close the last document, then replace the old store (if any) by the new one, manifest
+        last. A staged file identical to the one it replaces leaves that file untouched (it may be
+        this run's own input: `--vocab DIR/vocab.txt --out DIR`). Returns the manifest."""
         if self.num_sentences:
             self._files["documents.bin"].write(np.asarray([self.num_sentences], OFFSET_DTYPE).tobytes())
         for f in self._files.values():
@@ -94,6 +116,17 @@ class TokenStoreWriter:
         checksums = {}
         for name, tmp in self._tmp.items():
             checksums[name] = sha256_file(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        # Everything new is complete on disk: from here the old store stops being one.
+        (self.directory / MANIFEST).unlink(missing_ok=True)
+        for name, tmp in self._staged.items():
+            final = self.directory / name
+            if final.is_file() and not final.is_symlink() and sha256_file(final) == sha256_file(tmp):
+                tmp.unlink()
+            else:
+                publish(tmp, final)
+        for name, tmp in self._tmp.items():
             publish(tmp, self.directory / name)
         manifest = dict(manifest, format=FORMAT_NAME, format_version=FORMAT_VERSION,
                         id_dtype=self.dtype.name, files=checksums,
@@ -106,7 +139,7 @@ class TokenStoreWriter:
         for f in self._files.values():
             with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
                 f.close()
-        for tmp in self._tmp.values():
+        for tmp in [*self._tmp.values(), *self._staged.values()]:
             tmp.unlink(missing_ok=True)
 
 
@@ -194,7 +227,11 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
 
     def mapped(name: str, dtype) -> np.ndarray:
         path = directory / name
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size % dtype.itemsize:  # numpy would raise on mapping it
+            raise ShardFormatError(f"{path}: {size} bytes, not a whole number of {dtype.itemsize}-byte values; "
+                                   "re-run bertprep tokenize")
+        if size == 0:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r")
 
@@ -206,7 +243,56 @@ def open_token_store(directory: Path | str, verify: bool = True) -> TokenStore:
         raise ShardFormatError(f"{directory}: array sizes disagree with the manifest's counts; re-run bertprep tokenize")
     if len(sents) and (sents[-1] != len(ids) or (len(docs) and docs[-1] != len(sents) - 1)):
         raise ShardFormatError(f"{directory}: offsets do not end at the data's end; re-run bertprep tokenize")
+    if verify:
+        _check_content(directory, manifest["tokenizer"]["vocab_size"], ids, sents, docs)
+        _check_tokenizer(directory, manifest["tokenizer"]["vocab_size"])
     return TokenStore(directory, manifest, ids, sents, docs)
+
+
+CHECK_BLOCK = 1 << 22  # values per block of the content check: memory stays flat for any store
+
+
+def _check_content(directory: Path, vocab_size: int, ids: np.ndarray, sents: np.ndarray, docs: np.ndarray) -> None:
+    """What `shard` indexes with, checked in one blockwise pass: every id within the vocabulary,
+    offsets that start at 0 and strictly increase (no empty sentence or document is stored) and
+    end at their data's end. Checksums cannot tell: they only say the files are the ones written."""
+    for name, offsets, end in (("sentences.bin", sents, len(ids)), ("documents.bin", docs, len(sents) - 1)):
+        if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != end:
+            raise ShardFormatError(f"{directory / name}: offsets do not run from 0 to {end}; re-run bertprep tokenize")
+        for a in range(0, len(offsets) - 1, CHECK_BLOCK):
+            block = np.asarray(offsets[a:a + CHECK_BLOCK + 1])
+            if not (block[1:] > block[:-1]).all():
+                at = a + int(np.flatnonzero(block[1:] <= block[:-1])[0]) + 1
+                raise ShardFormatError(f"{directory / name}: offset {at} ({int(block[at - a])}) does not exceed the "
+                                       f"one before it; re-run bertprep tokenize")
+    for a in range(0, len(ids), CHECK_BLOCK):
+        top = int(ids[a:a + CHECK_BLOCK].max())
+        if top >= vocab_size:
+            raise ShardFormatError(f"{directory / 'ids.bin'}: holds id {top}, beyond the vocabulary of {vocab_size} "
+                                   "ids; re-run bertprep tokenize")
+
+
+def _check_tokenizer(directory: Path, vocab_size: int) -> None:
+    """tokenizer.json must hold exactly the ids 0..vocab_size-1, and vocab.txt (which `shard` reads
+    to find `##` pieces and specials) list its tokens in id order, one a line."""
+    path = directory / "tokenizer.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        by_id = {i: t for t, i in spec["model"]["vocab"].items()}
+        by_id.update({t["id"]: t["content"] for t in spec.get("added_tokens") or []})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ShardFormatError(f"{path}: not a WordPiece tokenizers JSON file; re-run bertprep tokenize") from None
+    if sorted(by_id) != list(range(vocab_size)):
+        raise ShardFormatError(f"{path}: holds {len(by_id)} ids, the manifest's vocab_size is {vocab_size}; "
+                               "re-run bertprep tokenize")
+    vocab_txt = directory / "vocab.txt"
+    try:
+        lines = vocab_txt.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+    if lines[:-1] != [by_id[i] for i in range(vocab_size)] or lines[-1] != "":
+        raise ShardFormatError(f"{vocab_txt}: does not list tokenizer.json's {vocab_size} tokens in id order, one a "
+                               "line; re-run bertprep tokenize")
 
 
 class TokenPieceWriter:

@@ -177,14 +177,16 @@ def test_output_of_a_different_run_is_refused_unless_overwrite(tmp_path, capsys)
     assert json.loads((tmp_path / "tok" / "manifest.json").read_text())["label"] == "pydocs"
 
 
-def test_failed_run_leaves_no_complete_looking_store(tmp_path, capsys):
+def test_failed_overwrite_leaves_the_old_store_as_it_was(tmp_path, capsys):
     assert tokenize(tmp_path, PLAIN)[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir() if not p.name.startswith(".")}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine."}\n{"nope": 1}\n')
     code = run_cli(["tokenize", bad, "--out", tmp_path / "tok", "--overwrite", "--vocab-size", "500"])
     assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err
-    assert not (tmp_path / "tok" / "manifest.json").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir() if not p.name.startswith(".")} == before
     assert not [p for p in os.listdir(tmp_path / "tok") if p.endswith(".tmp")]
+    open_token_store(tmp_path / "tok")
 
 
 def test_checksums_in_manifest_are_checked_on_open(token_store_copy):
