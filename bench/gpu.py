@@ -90,7 +90,7 @@ def stage_env(ctx: Context) -> tuple[dict, str]:
     table = next((v for k, v in PEAK_BF16_TFLOPS if k in name), None)
     f["peak_tflops"], f["peak_source"] = (table, "table") if table else (f.get("bf16_matmul_tflops"), "measured matmul")
     where = f"{f['device_count']}x {name}" if name else "no CUDA device"
-    torch_note = f"torch {f['torch']}" + (f" (CUDA {f['torch_cuda']}{', the system’s' if f['torch_from_system'] else ''})"
+    torch_note = f"torch {f['torch']}" + (f" (CUDA {f['torch_cuda']}{', outside the venv' if f['torch_from_system'] else ''})"
                                           if f["torch_cuda"] else " (CPU build)")
     summary = f"{where}; {torch_note}; transformers {f['transformers'] or 'missing'}"
     if f["peak_tflops"]:
