@@ -85,7 +85,7 @@ def stage_env(ctx: Context) -> tuple[dict, str]:
     rc, text = ctx.run([sys.executable, "-m", "bench.gpu_worker", "probe"], "env")
     if rc != 0:
         raise StageFailed(f"the probe exited {rc}: {_last_line(text)}")
-    f = json.loads(text.strip().splitlines()[-1])
+    f = _last_json(text)
     name = (f["devices"] or [""])[0]
     table = next((v for k, v in PEAK_BF16_TFLOPS if k in name), None)
     f["peak_tflops"], f["peak_source"] = (table, "table") if table else (f.get("bf16_matmul_tflops"), "measured matmul")
@@ -179,7 +179,7 @@ def _out_of_memory(text: str) -> bool:
     return "OutOfMemoryError" in text or "CUDA out of memory" in text or "error: out of memory" in text
 
 
-def _fit(ctx: Context, batches, attempt) -> tuple[int, object, list[int]]:
+def _fit(batches, attempt) -> tuple[int, object, list[int]]:
     """The largest batch of `batches` (largest first) for which `attempt(batch)` is not out of memory."""
     tried = []
     for b in batches:
@@ -204,7 +204,7 @@ def stage_step(ctx: Context, compiled: bool) -> tuple[dict, str]:
             return None
         raise StageFailed(f"trainer exited {rc} at batch {b}: {_last_line(text)}")
 
-    batch, out, tried = _fit(ctx, candidates, attempt)
+    batch, out, tried = _fit(candidates, attempt)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     for ck in (out / "checkpoints").glob("step_*.pt"):  # scratch (1.3 GB at BERT-base): only the metrics matter
         ck.unlink()
@@ -239,12 +239,12 @@ def stage_hf(ctx: Context, compiled: bool) -> tuple[dict, str]:
                "--vocab", str(p.vocab)] + (["--compile"] if compiled else [])
         rc, text = ctx.run(cmd, f"{name}-b{b}")
         if rc == 0:
-            return json.loads(text.strip().splitlines()[-1])
+            return _last_json(text)
         if _out_of_memory(text):
             return None
         raise StageFailed(f"HF step exited {rc} at batch {b}: {_last_line(text)}")
 
-    batch, f, tried = _fit(ctx, [b for b in p.batches if b <= start], attempt)
+    batch, f, tried = _fit([b for b in p.batches if b <= start], attempt)
     f["batches_tried"] = tried
     f["flops_per_step"] = step_flops(p, batch, p.seq, full_logits=True)
     f["mfu"] = _mfu(ctx, f["flops_per_step"], f["step_s"])
@@ -262,6 +262,17 @@ def stage_hf(ctx: Context, compiled: bool) -> tuple[dict, str]:
 def _speed_line(f: dict) -> str:
     mfu = f" MFU {f['mfu']:.1%}," if f.get("mfu") is not None else ""
     return f"batch {f['batch']}: {f['tokens_per_s']:,.0f} tokens/s, {f['step_s'] * 1e3:.1f} ms/step,{mfu}".rstrip(",")
+
+
+def _last_json(text: str) -> dict:
+    """The worker's result: its last stdout line that is a JSON object (warnings may follow it)."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise StageFailed(f"no result line in the worker's output: {_last_line(text)}")
 
 
 def _last_line(text: str) -> str:

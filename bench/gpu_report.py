@@ -26,7 +26,9 @@ def evaluate_targets(stages: list[dict], dry_run: bool) -> dict[str, dict]:
     out = {}
     mfus = [f["mfu"] for f in ours if f.get("mfu") is not None]
     out["mfu"] = _verdict(max(mfus) if mfus else None, lambda v: v >= TARGETS["mfu"][0], "{:.1%}")
-    best = {side: max((fig[n]["tokens_per_s"] for n in names if n in fig), default=None)
+    batch = fig.get("step-eager", {}).get("batch")  # HF may have run smaller (out of memory): not comparable
+    best = {side: max((fig[n]["tokens_per_s"] for n in names if n in fig and fig[n].get("batch") == batch),
+                      default=None)
             for side, names in (("ours", ("step-eager", "step-compile")), ("hf", ("hf-eager", "hf-compile")))}
     ratio = best["ours"] / best["hf"] if best["ours"] and best["hf"] else None
     out["speedup"] = _verdict(ratio, lambda v: v >= TARGETS["speedup"][0], "{:.2f}x (best of each side)")

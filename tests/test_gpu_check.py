@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu
+from bench import gpu, gpu_report
 from bench.gpu_run import StageFailed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +69,10 @@ def test_a_failing_and_a_hung_stage_are_reported_and_the_next_runs(tmp_path):
 
 def test_the_largest_batch_that_fits_is_chosen():
     fits = {64, 32}
-    b, result, tried = gpu._fit(None, (256, 128, 64, 32), lambda b: f"ran {b}" if b in fits else None)
+    b, result, tried = gpu._fit((256, 128, 64, 32), lambda b: f"ran {b}" if b in fits else None)
     assert (b, result, tried) == (64, "ran 64", [256, 128, 64])
     with pytest.raises(StageFailed, match="out of memory at every batch size tried"):
-        gpu._fit(None, (256, 128), lambda b: None)
+        gpu._fit((256, 128), lambda b: None)
 
 
 def test_cuda_test_files_include_every_cuda_marked_file():
@@ -118,3 +118,22 @@ def test_make_install_keeps_a_cuda_torch_and_installs_the_cpu_wheel_elsewhere(tm
     assert "-m pip install -q -e .[dev,plot,cluster]" in calls
     second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)  # idempotent
     assert second.returncode == 0 and log.read_text() == calls
+
+
+def test_targets_judge_gpu_figures():
+    def stage(name, status="pass", **figures):
+        return {"name": name, "title": name, "status": status, "seconds": 1.0, "figures": figures, "summary": ""}
+    stages = [stage("step-eager", batch=256, tokens_per_s=3e5, mfu=0.35, data_wait_frac=0.002),
+              stage("step-compile", batch=256, tokens_per_s=4e5, mfu=0.45, data_wait_frac=0.02),
+              stage("hf-eager", batch=256, tokens_per_s=2e5), stage("hf-compile", batch=128, tokens_per_s=9e5),
+              stage("ddp-resume", status="timeout")]
+    t = gpu_report.evaluate_targets(stages, dry_run=False)
+    assert t["mfu"]["value"] == 0.45 and t["mfu"]["result"] == "pass"  # the better mode
+    assert t["speedup"]["value"] == 2.0 and t["speedup"]["result"] == "pass"  # HF at another batch left out
+    assert t["data_wait"]["value"] == 0.02 and t["data_wait"]["result"] == "fail"  # the worse mode
+    assert t["ddp_resume"]["result"] == "fail"
+    report = {"dry_run": False, "created": "2026-12-03T20:00:00+00:00", "commit": "abc", "wall_s": 400.0,
+              "stages": stages, "targets": t}
+    table = gpu_report.markdown(report)
+    assert "| target: data wait < 1% of step time | 2.00% (worst) | **FAIL** |" in table
+    assert "| ddp-resume |  | **TIMED OUT** (1 s) |" in table
