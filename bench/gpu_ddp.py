@@ -2,9 +2,9 @@
 CPU in the dry run), SIGKILLed once its checkpoint at step C is on disk, resumed with `--resume`,
 and its losses compared step by step with an uninterrupted run of the same flags.
 
-Three runs: `whole` (S steps, uninterrupted), `killed` (the same, killed after step C's checkpoint;
-a later checkpoint that landed before the kill is removed, so the resume starts at C), and the
-resumption of `killed`. Bitwise equality is not expected on CUDA (atomics in backward kernels make
+Three runs: `whole` (S steps, uninterrupted) and, beside it, `killed` (the same, killed after step
+C's checkpoint; a later checkpoint that landed before the kill is removed, so the resume starts at
+C), then the resumption of `killed`. Bitwise equality is not expected on CUDA (atomics in backward kernels make
 two runs differ in the last bits, and bf16 grows that), so the check is a relative tolerance per
 step; the same comparison over steps 1..C, two independent runs, shows the run-to-run noise floor.
 """
@@ -58,24 +58,29 @@ def stage_ddp(ctx: Context, procs: int) -> tuple[dict, str]:
                 "--warmup-steps", max(1, S // 10), "--log-interval", 1, "--val-interval", 0, "--ckpt-interval", C,
                 "--max-checkpoints", 3, "--seed", 7, "--device", p.device, "--no-tensorboard", "--quiet", *extra]
 
-    rc, text = ctx.run(cmd(runs / "whole"), "ddp-whole")
-    if rc != 0:
-        raise StageFailed(f"uninterrupted torchrun exited {rc}: {_tail(text)}")
-    whole = _losses(runs / "whole")
-
+    # The two runs go side by side (independent; on a GPU machine the small model leaves room for both).
+    whole_proc = ctx.start(cmd(runs / "whole"), "ddp-whole")
     killed = runs / "killed"
     proc = ctx.start(cmd(killed), "ddp-killed")
-    while C not in _checkpoints(killed):
-        if proc.poll() is not None:
-            raise StageFailed(f"torchrun exited {proc.returncode} before its step-{C} checkpoint")
-        if time.monotonic() > ctx.deadline:
-            ctx.wait(proc)  # kills it and raises StageTimeout
-        time.sleep(0.05)
-    kill_tree(proc)  # SIGKILL, torchrun and its workers: no chance to save anything more
+    try:
+        while C not in _checkpoints(killed):
+            if proc.poll() is not None:
+                raise StageFailed(f"torchrun exited {proc.returncode} before its step-{C} checkpoint")
+            if time.monotonic() > ctx.deadline:
+                ctx.wait(proc)  # kills it and raises StageTimeout
+            time.sleep(0.05)
+        kill_tree(proc)  # SIGKILL, torchrun and its workers: no chance to save anything more
+    except BaseException:
+        kill_tree(whole_proc)
+        raise
     at_kill = max(_losses(killed), default=0)
     raced = sorted(s for s in _checkpoints(killed) if s > C)
     for s in raced:  # it got past another checkpoint before the kill landed: resume from C regardless
         _checkpoints(killed)[s].unlink()
+    rc = ctx.wait(whole_proc)
+    if rc != 0:
+        raise StageFailed(f"uninterrupted torchrun exited {rc}: {_tail((ctx.logs / 'ddp-whole.log').read_text())}")
+    whole = _losses(runs / "whole")
 
     rc, text = ctx.run(cmd(killed, "--resume"), "ddp-resume")
     if rc != 0:
