@@ -98,10 +98,10 @@ def stage_env(ctx: Context) -> tuple[dict, str]:
     if f.get("bf16_matmul_tflops"):
         summary += f", 8k matmul {f['bf16_matmul_tflops']:.0f}"
     if not f["transformers"]:
-        raise StageFailed(summary + ": `make install` installs transformers (the dev extra)")
+        raise StageFailed(summary + ": `make install` installs transformers (the dev extra)", f)
     if not ctx.dry_run and not f["cuda_available"]:
         ctx.abort = "no CUDA device visible (run `python -m bench.gpu --dry-run` on CPU)"
-        raise StageFailed(summary + ": " + ctx.abort)
+        raise StageFailed(summary + ": " + ctx.abort, f)
     return f, summary
 
 
@@ -336,7 +336,7 @@ def run_stages(ctx: Context, only: set[str] | None, timeouts: dict[str, float], 
         except StageTimeout as e:
             r["status"], r["error"] = "timeout", f"timed out after {limit:.0f} s: {e}"
         except StageFailed as e:
-            r["status"], r["error"] = "fail", str(e)
+            r["status"], r["error"], r["figures"] = "fail", str(e), e.figures
         except Exception as e:  # a bug in this script or an unreadable result: report it, go on
             r["status"], r["error"] = "fail", f"{e.__class__.__name__}: {e}"
         r["seconds"] = time.monotonic() - t0

@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class StageFailed(Exception):
-    """A stage's verdict is fail; the message is its summary."""
+    """A stage's verdict is fail; the message is its summary, `figures` what it measured before failing."""
+
+    def __init__(self, message: str, figures: dict | None = None):
+        super().__init__(message)
+        self.figures = figures or {}
 
 
 class StageTimeout(Exception):
