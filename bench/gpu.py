@@ -49,6 +49,7 @@ class Plan:
     seq: int
     batches: tuple[int, ...]             # tried largest first; the first that fits is used
     shard_rows: tuple[int, ...]          # examples per synthetic shard file
+    val_rows: int                        # validation examples (validated in the ddp-resume stage)
     steps: int                           # trainer steps per throughput run
     log_interval: int                    # one metrics window per this many steps
     skip_windows: int                    # windows left out as warm-up (compilation, autotuning)
@@ -67,12 +68,12 @@ class Plan:
 
 
 GPU_PLAN = Plan(device="cuda", shape=(12, 768, 12, 3072), vocab=30522, seq=128, batches=(256, 128, 64, 32),
-                shard_rows=(8192,) * 4, steps=60, log_interval=10, skip_windows=2, hf_steps=30, hf_warmup=10,
+                shard_rows=(8192,) * 4, val_rows=1024, steps=60, log_interval=10, skip_windows=2, hf_steps=30, hf_warmup=10,
                 compile=True, ddp_shape=(4, 512, 8, 2048), ddp_batch=32, ddp_steps=50, ddp_ckpt=25, ddp_lr=5e-4,
                 ddp_procs=None, ddp_tolerance=0.01, budget_s=450,
                 timeouts=(("env", 90), ("cuda-tests", 150), ("step-eager", 150), ("hf-eager", 120),
                           ("step-compile", 180), ("ddp-resume", 180), ("hf-compile", 150)))
-DRY_PLAN = Plan(device="cpu", shape=(2, 32, 2, 64), vocab=1000, seq=32, batches=(16, 8), shard_rows=(512, 512),
+DRY_PLAN = Plan(device="cpu", shape=(2, 32, 2, 64), vocab=1000, seq=32, batches=(16, 8), shard_rows=(512, 512), val_rows=64,
                 steps=12, log_interval=3, skip_windows=1, hf_steps=4, hf_warmup=1, compile=False,
                 ddp_shape=(2, 32, 2, 64), ddp_batch=8, ddp_steps=12, ddp_ckpt=6, ddp_lr=3e-3, ddp_procs=2,
                 ddp_tolerance=0.0, budget_s=300,  # gloo on CPU is deterministic: the resumed losses are exact

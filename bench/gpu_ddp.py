@@ -12,6 +12,7 @@ step; the same comparison over steps 1..C, two independent runs, shows the run-t
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -22,7 +23,8 @@ from bench.gpu_run import ROOT, Context, StageFailed, kill_tree
 CKPT_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-def _losses(run: Path) -> dict[int, float]:
+def _losses(run: Path, key: str = "loss") -> dict[int, float]:
+    """step -> the training loss (or `key`, e.g. val_loss) of the run's metrics.jsonl."""
     out = {}
     path = run / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -30,8 +32,8 @@ def _losses(run: Path) -> dict[int, float]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by the kill
-        if "loss" in rec:
-            out[int(rec["step"])] = float(rec["loss"])
+        if key in rec:
+            out[int(rec["step"])] = float(rec[key])  # "nan" (written for a non-finite value) parses too
     return out
 
 
@@ -55,7 +57,8 @@ def stage_ddp(ctx: Context, procs: int) -> tuple[dict, str]:
                 ROOT / "trainer" / "run.py", "--shards", *ctx.shards(), "--out", out,
                 "--layers", p.ddp_shape[0], "--hidden", p.ddp_shape[1], "--heads", p.ddp_shape[2],
                 "--ffn", p.ddp_shape[3], "--batch-size", p.ddp_batch, "--max-steps", S, "--lr", p.ddp_lr,
-                "--warmup-steps", max(1, S // 10), "--log-interval", 1, "--val-interval", 0, "--ckpt-interval", C,
+                "--warmup-steps", max(1, S // 10), "--log-interval", 1, "--val-interval", C, "--val-batches", 4,
+                "--ckpt-interval", C,
                 "--max-checkpoints", 3, "--seed", 7, "--device", p.device, "--no-tensorboard", "--quiet", *extra]
 
     # The two runs go side by side (independent; on a GPU machine the small model leaves room for both).
@@ -91,11 +94,13 @@ def stage_ddp(ctx: Context, procs: int) -> tuple[dict, str]:
     before = [s for s in range(1, C + 1) if s in resumed and s in whole]
     diff_after = max((_rel(resumed[s], whole[s]) for s in after), default=None)
     diff_before = max((_rel(resumed[s], whole[s]) for s in before), default=None)
+    val_whole, val_resumed = _losses(runs / "whole", "val_loss"), _losses(killed, "val_loss")
     f = {"ranks": procs, "backend": "nccl" if p.device == "cuda" and procs > 1 else "gloo" if procs > 1 else "none",
          "steps": S, "checkpoint_step": C, "last_step_logged_before_kill": at_kill,
          "later_checkpoints_removed": raced, "resume_event": any(e.get("event") == "resume" for e in events),
          "max_rel_diff_after_resume": diff_after, "max_rel_diff_before_kill": diff_before,
-         "tolerance": p.ddp_tolerance, "final_loss_whole": whole.get(S), "final_loss_resumed": resumed.get(S)}
+         "tolerance": p.ddp_tolerance, "final_loss_whole": whole.get(S), "final_loss_resumed": resumed.get(S),
+         "val_loss_whole": val_whole, "val_loss_resumed": val_resumed}
     ranks = f"{procs} rank(s), {f['backend']}" + ("" if procs > 1 else " (one GPU: no all-reduce exercised)")
     summary = (f"{ranks}; killed after step {at_kill} (checkpoint {C}), resumed to {S}: max loss difference "
                f"{_pct(diff_after)} after the resume (tolerance {p.ddp_tolerance:.2%}), {_pct(diff_before)} "
@@ -104,6 +109,12 @@ def stage_ddp(ctx: Context, procs: int) -> tuple[dict, str]:
         raise StageFailed(summary + f": the resumed run logged {len(after)} of steps {C + 1}..{S}")
     if diff_after > p.ddp_tolerance:
         raise StageFailed(summary)
+    vals = [v.get(s) for v in (val_whole, val_resumed) for s in (C, S)]
+    if not all(v is not None and math.isfinite(v) for v in vals):
+        raise StageFailed(summary + f": validation at steps {C} and {S} missing or not finite ({vals})")
+    if _rel(val_resumed[S], val_whole[S]) > p.ddp_tolerance:
+        raise StageFailed(summary + f": validation loss at step {S} {val_resumed[S]:.4f}, uninterrupted {val_whole[S]:.4f}")
+    summary += f"; validation loss at step {S} {val_resumed[S]:.4f} (uninterrupted {val_whole[S]:.4f})"
     return f, summary
 
 

@@ -94,10 +94,11 @@ class Context:
         return rc, (self.logs / f"{log}.log").read_text(errors="replace")
 
     def shards(self) -> list[Path]:
-        """Synthetic shards (the real writer, so the trainer reads what `bertprep shard` writes), once."""
+        """Synthetic training shards, written once with the real writer (so the trainer reads what
+        `bertprep shard` writes), and validation shards beside them (found by the trainer's default)."""
         if self._shards is None:
             from bertprep.trainer.synthetic import write_synthetic_shards
-            p = self.plan
-            self._shards = write_synthetic_shards(self.work / "shards", rows=list(p.shard_rows), max_len=p.seq,
-                                                  vocab_size=p.vocab, nsp=False)
+            p, folder = self.plan, self.work / "shards"
+            write_synthetic_shards(folder, rows=[p.val_rows], max_len=p.seq, vocab_size=p.vocab, split="val")
+            self._shards = write_synthetic_shards(folder, rows=list(p.shard_rows), max_len=p.seq, vocab_size=p.vocab)
         return self._shards

@@ -45,6 +45,7 @@ def test_dry_run_reports_every_stage(dry_run):
     assert figures["hf-eager"]["bertprep_speedup"] > 0
     ddp = figures["ddp-resume"]
     assert ddp["ranks"] == 2 and ddp["resume_event"] and ddp["max_rel_diff_after_resume"] == 0.0  # gloo: exact
+    assert set(ddp["val_loss_whole"]) == {"6", "12"} and ddp["val_loss_resumed"] == ddp["val_loss_whole"]
     assert set(report["targets"]) == {"mfu", "speedup", "data_wait", "ddp_resume"}
     assert all(t["result"] == "n/a" for t in report["targets"].values())  # CPU figures judge no GPU target
     table = (out / "gpu-check.md").read_text()
