@@ -35,9 +35,10 @@ from types import SimpleNamespace
 from bench import gpu_ddp, gpu_report
 from bench.gpu_run import ROOT, Context, StageFailed, StageTimeout
 
-# dense bf16 tensor-core peak per GPU, TFLOP/s (vendor data sheets); first matching name wins
+# dense bf16 tensor-core peak per GPU, TFLOP/s (vendor data sheets); first matching name wins;
+# None: no trustworthy figure (the A10G is a cloud variant of the A10), the measured matmul is used
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("GH200", 989),
-                    ("B200", 2250), ("A100", 312), ("L40S", 362), ("A10G", 70), ("A10", 125), ("L4", 121))
+                    ("B200", 2250), ("A100", 312), ("L40S", 362), ("L40", 181), ("A10G", None), ("A10", 125), ("L4", 121))
 
 
 @dataclass(frozen=True, kw_only=True)
