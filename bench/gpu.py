@@ -316,16 +316,17 @@ def run_stages(ctx: Context, only: set[str] | None, timeouts: dict[str, float], 
         r = {"name": name, "title": title, "status": "skip", "seconds": 0.0, "figures": {}, "summary": ""}
         results.append(r)
         left = t_end - time.monotonic()
+        starved = f"not started: the time budget ({ctx.plan.budget_s:.0f} s) is spent"
         why = ("not selected by --only" if only is not None and name not in only else
                ctx.abort if ctx.abort else
                "torch.compile is not exercised in --dry-run (minutes of CPU compilation)"
                if "compile" in name and not ctx.plan.compile and name not in inject else
-               f"out of the time budget ({ctx.plan.budget_s:.0f} s)" if left < 10 else "")
+               starved if left < 10 else "")
         if why:
             r["summary"] = why
-            if left < 10 and not why.startswith("not selected"):
+            if why == starved:
                 r["status"] = "timeout"  # starved by the stages before it: not a pass
-            print(f"[{i}/{len(STAGES)}] {name}: skipped: {why}", flush=True)
+            print(f"[{i}/{len(STAGES)}] {name}: {'timed out' if why == starved else 'skipped'}: {why}", flush=True)
             continue
         limit = min(timeouts[name], left)
         print(f"[{i}/{len(STAGES)}] {name}: {title} (at most {limit:.0f} s) ...", flush=True)
@@ -354,17 +355,20 @@ def _commit() -> str:
         return "unknown"
 
 
+NAMES = [n for n, _, _ in STAGES]
+
+
 def _pairs(values: list[str], flag: str, convert) -> dict:
+    """--flag STAGE=VALUE, repeated -> {stage: value}; ValueError names the flag."""
     out = {}
-    names = [n for n, _, _ in STAGES]
     for v in values:
         name, _, value = v.partition("=")
-        if name not in names or not value:
-            raise SystemExit(f"error: {flag} {v!r}: expected STAGE=VALUE with STAGE one of {', '.join(names)}")
+        if name not in NAMES or not value:
+            raise ValueError(f"{flag} {v!r}: expected STAGE=VALUE with STAGE one of {', '.join(NAMES)}")
         try:
             out[name] = convert(value)
         except ValueError:
-            raise SystemExit(f"error: {flag} {v!r}: bad value {value!r}") from None
+            raise ValueError(f"{flag} {v!r}: bad value {value!r}") from None
     return out
 
 
@@ -381,11 +385,18 @@ def main(argv=None) -> int:
     plan = DRY_PLAN if args.dry_run else GPU_PLAN
     if args.budget:
         plan = Plan(**(asdict(plan) | {"budget_s": args.budget}))
-    timeouts = dict(plan.timeouts) | _pairs(args.timeout, "--timeout", float)
-    inject = _pairs(args.inject, "--inject", str)
-    if any(v not in ("fail", "hang") for v in inject.values()):
-        raise SystemExit("error: --inject takes STAGE=fail or STAGE=hang")
-    only = {x.strip() for x in args.only.split(",")} if args.only else None
+    try:
+        timeouts = dict(plan.timeouts) | _pairs(args.timeout, "--timeout", float)
+        inject = _pairs(args.inject, "--inject", str)
+        if any(v not in ("fail", "hang") for v in inject.values()):
+            raise ValueError("--inject takes STAGE=fail or STAGE=hang")
+        only = {x.strip() for x in args.only.split(",")} if args.only else None
+        if only is not None and only - set(NAMES):
+            raise ValueError(f"--only: unknown stage(s) {', '.join(sorted(only - set(NAMES)))}; "
+                             f"the stages are {', '.join(NAMES)}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     ctx = Context(plan, out, args.dry_run)
     shutil.rmtree(ctx.work, ignore_errors=True)  # this script's own scratch: runs and shards of a previous check
