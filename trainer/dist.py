@@ -54,7 +54,11 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         raise ConfigError("--device cuda: no CUDA device is available")
     if not use_cuda:
         return torch.device("cpu")
-    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    gpus, local_ranks = torch.cuda.device_count(), _env_int("LOCAL_WORLD_SIZE", 1)
+    if local_ranks > gpus:  # two ranks on one GPU end in NCCL's "Duplicate GPU detected"
+        raise ConfigError(f"torchrun started {local_ranks} processes on this machine but it has {gpus} GPU(s); "
+                          f"give --nproc-per-node {gpus} or fewer")
+    torch.cuda.set_device(local_rank)
     return torch.device("cuda", torch.cuda.current_device())
 
 
