@@ -70,16 +70,11 @@ def _config_file(path: str) -> dict:
             raw = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file (not UTF-8); give a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    known = {x.dest for x in options.flags(TrainConfig)}
-    values = {}
-    for key, value in raw.items():
-        dest = key.replace("-", "_")
-        if dest not in known:
-            raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        values[dest] = value
-    return values
+    return options.read_table(TrainConfig, raw, f"--config {path}")
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
