@@ -186,9 +186,18 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         log.write({"event": "phase", "step": step, "phase": phase["name"], "init_from": start.source})
     run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
     run.phase, run.progress = phase, progress
+    run.warmup_end = phase["schedule_start"] + cfg.optim.warmup_steps
+    if d.is_main and step < run.warmup_end > cfg.loop.max_steps:
+        _warn(f"the warm-up (--warmup-steps {cfg.optim.warmup_steps}) ends at step {run.warmup_end:,}, after "
+              f"--max-steps {cfg.loop.max_steps:,}: the rate never reaches --lr {cfg.optim.lr:g}; lower --warmup-steps")
     if ck:
         run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
     return run
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"warning: {line}\n")  # one write: ranks sharing stderr never interleave mid-line
+    sys.stderr.flush()
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list, d: dist.Dist) -> dict | None:
@@ -305,6 +314,7 @@ class _Run:
         self.clock = TrainClock()
         self.phase: dict = {}  # set by _prepare; kept in every checkpoint
         self.progress = BudgetProgress()  # set by _prepare: the share of --max-time used, for --schedule time
+        self.warmup_end = 0  # set by _prepare: the step at which the warm-up reaches --lr
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -316,6 +326,8 @@ class _Run:
         budget_s, every_s = cfg.loop.max_time * 60, cfg.loop.val_minutes * 60  # 0: no limit / no timed validation
         next_val_s = (self.clock.wall_s // every_s + 1) * every_s if every_s else math.inf
         spent = budget_s and self.clock.wall_s >= budget_s  # a resumed run whose time was used up
+        check_warmup = bool(budget_s) and d.is_main and step < self.warmup_end <= cfg.loop.max_steps
+        loop_s = self.clock.wall_s  # the budget used before this loop (a resumed run)
         with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.data.prefetch,
                                                on_batch=on_batch) as feed:
             self.clock.start()
@@ -356,6 +368,9 @@ class _Run:
                                 "train_s": train_s}
                         self.log.write(rec)
                         self.log.say(train_line(rec))
+                        if check_warmup:  # the first window's step rate: can the warm-up end in the budget?
+                            check_warmup = False
+                            self._warn_warmup(step, done_steps / max(train_s - loop_s, 1e-9), budget_s - train_s)
                         window.zero_()
                         micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
                 paused = time.perf_counter()
@@ -389,6 +404,13 @@ class _Run:
                    "params": self.raw.num_params(), "first_step": first_step} | self.last_val
         self.log.write({"event": "end", "step": step, "stopped": stopped})
         return summary
+
+    def _warn_warmup(self, step: int, steps_per_s: float, left_s: float) -> None:
+        reach = step + int(steps_per_s * left_s)
+        if reach < self.warmup_end:
+            _warn(f"at the measured {steps_per_s:.3g} steps/s the --max-time {self.cfg.loop.max_time:g} min budget "
+                  f"ends near step {reach:,}, before the warm-up ends at step {self.warmup_end:,}: the rate never "
+                  f"reaches --lr {self.cfg.optim.lr:g}; lower --warmup-steps")
 
     def _agree(self, stop_requested: bool, train_s: float) -> tuple[bool, float]:
         """All ranks act at the same step: any rank's signal stops them all, and the slowest-reading
