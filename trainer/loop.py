@@ -118,10 +118,9 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
 
 def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog,
              start: phases.Start | None = None) -> _Run:
-    """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`."""
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
+    """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`.
+    Everything that can refuse (the shape, the weights, the validation data) is checked before the
+    run directory is made or written to, so a refused run leaves nothing behind."""
     mcfg = ModelConfig(**ck["model_config"]) if ck else phases.model_config(cfg, data, start)
     phase = phases.phase_of(ck) if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank
@@ -137,6 +136,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     stream = ShardStream(shards, StreamConfig(batch_size=cfg.loop.batch_size, seed=cfg.loop.seed, rank=d.rank,
                                               world_size=d.world_size, overfit_batches=cfg.loop.overfit_batches))
     step, start_batch = 0, 0
+    val = _validation_data(cfg, shards, d, log)
     _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
         raw.load_state_dict(ck["model"])
@@ -161,15 +161,17 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         if shape != cfg.model.shape() or mcfg.norm != cfg.model.norm:
             log.say(f"note: the model's shape comes from {start.source} ({shape}, {mcfg.max_len} positions, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
-        if d.is_main:
-            phases.carry_history(start, run_dir, cfg.loop.tensorboard)
+    if d.is_main:  # all checked: the run directory now
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
+    if start and not ck and d.is_main:
+        phases.carry_history(start, run_dir, cfg.loop.tensorboard)
     if phase["index"] > 1:
         log.tag = {"phase": phase["name"]}
     if d.is_main:
         note = phases.keep_run_tokenizer(cfg, data, run_dir, start)
         if note:
             log.say(note)
-    val = _validation_data(cfg, shards, d, log)
     if d.is_main:
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
                                              "world_size": d.world_size, "phase": phase})
