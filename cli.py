@@ -114,8 +114,10 @@ def shard(**flags):
 
 @cli.command()
 @click.argument("shard_file", type=click.Path(path_type=Path))
-@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples to print.")
-@click.option("--start", type=int, default=0, show_default=True, help="Index of the first example.")
+@click.option("-n", "count", type=click.IntRange(min=0), default=3, show_default=True,
+              help="How many examples to print.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Index of the first example.")
 @click.option("--vocab", type=click.Path(path_type=Path),
               help="vocab.txt to decode with [default: the token store the shards were made from].")
 def inspect(shard_file, count, start, vocab):
@@ -124,6 +126,7 @@ def inspect(shard_file, count, start, vocab):
     In the input, [MASK] is a masked target, «word» a target left unchanged and «word?» a target
     replaced by a random token.
     """
+    from bertprep.shards.errors import ConfigError
     from bertprep.shards.reader import open_shard
     from bertprep.shards.render import find_vocab, render_example
 
@@ -135,6 +138,8 @@ def inspect(shard_file, count, start, vocab):
                f"split {m['split']}")
     if words is None:
         click.echo("note: no matching vocab found (pass --vocab tokens/vocab.txt); showing ids", err=True)
+    if start and start >= s.num_examples:
+        raise ConfigError(f"--start {start} is past the last example of {shard_file} ({s.num_examples:,} examples)")
     stop = min(start + count, s.num_examples)
     rows = s.slice(start, stop)
     for i in range(stop - start):
@@ -169,7 +174,11 @@ def finetune(**flags):
     """
     from bertprep.finetune.tune import FinetuneConfig
     from bertprep.finetune.tune import finetune as run_finetune
+    from bertprep.shards.errors import ConfigError
 
+    given = click.get_current_context().get_parameter_source("seed") is click.core.ParameterSource.COMMANDLINE
+    if given and flags.get("seeds") is not None:  # even --seed 0, the default the config cannot tell apart
+        raise ConfigError("give --seed N (one fine-tune) or --seeds N,M,... (one per seed), not both")
     cfg = options.build(FinetuneConfig, flags)
     r = run_finetune(cfg, echo=click.echo, warn=lambda line: click.echo(line, err=True))
     scores = [f"val acc {100 * r['val_acc']:.2f}%" if "val_acc" in r else f"val MAE {r['val_mae']:.4f}"]
@@ -183,7 +192,8 @@ def finetune(**flags):
 @click.argument("sentences", nargs=-1)
 @click.option("--checkpoint", required=True, help="Pretraining run (fill-mask) or fine-tuned run (class probabilities).")
 @click.option("--file", "file_", type=click.Path(path_type=Path), help="Read sentences from this file, one per line.")
-@click.option("--top-k", type=int, default=5, show_default=True, help="Tokens shown per [MASK].")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Tokens shown per [MASK] (at most 1000).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def predict(sentences, checkpoint, file_, top_k, as_json):
     """Fill in each [MASK] of SENTENCES with the top-k tokens and their probabilities; with a
@@ -207,8 +217,6 @@ def predict(sentences, checkpoint, file_, top_k, as_json):
             texts += [line.strip() for line in file_.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{file_}: cannot read ({e.__class__.__name__})") from None
-    if top_k < 1:
-        raise InputError(f"--top-k must be >= 1, got {top_k}")
     result = run_predict(checkpoint, texts, top_k)
     if as_json:
         if "ratings" in result:  # a class head and a rating head: both, per sentence
@@ -288,10 +296,14 @@ def report(run, **flags):
 @click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--tokens", "tokens_dir", type=click.Path(path_type=Path), default=Path("tokens"), show_default=True,
               help="Token store to write; one already made there from CORPUS gives exact token counts.")
-@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per run: the batch is split over them.")
-@click.option("--steps", type=int, help="Total steps [default: the recipe's]; phase ends and warm-up scale with it.")
-@click.option("--batch-size", type=int, help="Examples per step over all GPUs [default: the recipe's].")
-@click.option("--vocab-size", type=int, help="WordPiece vocabulary to train [default: the recipe's].")
+@click.option("--gpus", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="GPUs per run: the batch is split over them.")
+@click.option("--steps", type=click.IntRange(1, 10**9),
+              help="Total steps [default: the recipe's]; phase ends and warm-up scale with it.")
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20),
+              help="Examples per step over all GPUs [default: the recipe's].")
+@click.option("--vocab-size", type=click.IntRange(128, 1 << 22),
+              help="WordPiece vocabulary to train [default: the recipe's].")
 def recipe(name, corpus, tokens_dir, gpus, steps, batch_size, vocab_size):
     """Print the steps of pretraining with recipe NAME on CORPUS, each with its exact command:
     tokenize, shard at each phase's length (128 and 512), train phase 1, train phase 2 from it.

@@ -2,9 +2,10 @@
 
 `read_labelled(path, text_column, label_column, text_column_b=..., rating_column=...)` returns the
 sentences (and the second sentence of each pair), their integer labels and their ratings (a number
-per row, the target of a regression head). Labels must be integers >= 0 (any number of classes),
-ratings finite numbers; anything else is refused with the file, the row and the value, because a
-silently mis-parsed label set trains a useless classifier.
+per row, the target of a regression head). Labels must be integers in 0..MAX_LABEL (up to 10,000
+classes: the head has a row per class up to the largest label, so one stray label of 10^9 would
+otherwise allocate a 10^9-class head), ratings finite numbers; anything else is refused with the
+file, the row and the value, because a silently mis-parsed label set trains a useless classifier.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from bertprep.shards.errors import InputError
+
+MAX_LABEL = 9_999  # labels 0..9999: at most 10,000 classes
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ def _label(path: Path, n: int, label) -> int:
         value = None
     if value is None or value < 0:
         raise InputError(f"{path}: row {n}: label {label!r} is not an integer >= 0")
+    if value > MAX_LABEL:
+        raise InputError(f"{path}: row {n}: label {label!r} is past the largest label {MAX_LABEL} "
+                         f"(at most {MAX_LABEL + 1:,} classes)")
     return value
 
 

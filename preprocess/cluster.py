@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import BertprepError, ClusterError, ConfigError
-from bertprep.shards.options import option
+from bertprep.shards.options import check, option
 
 LOCAL_PREFIX = "local:"
 PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
@@ -53,12 +53,11 @@ class ClusterConfig:
         "Run the work as tasks on a Dask distributed cluster: a scheduler's address (tcp://host:8786), or local:N "
         "to start N worker processes here for this command. Output is byte-identical to a run without it. Needs "
         "pip install 'bertprep[cluster]'."))
-    timeout: float = option(10.0, flag="--cluster-timeout",
+    timeout: float = option(10.0, flag="--cluster-timeout", above=0, at_most=86400,
                             help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
 
     def __post_init__(self):
-        if not self.timeout > 0:
-            raise ConfigError(f"--cluster-timeout must be > 0, got {self.timeout}")
+        check(self)  # --cluster-timeout: at most a day; a scheduler that takes longer is not coming
         if self.address is not None:
             check_address(self.address)
 

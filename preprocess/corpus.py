@@ -63,12 +63,17 @@ def base_name(path: Path) -> str:
     return name.rsplit(".", 1)[0] if _compression(path) else name
 
 
-def check_input(path: Path) -> None:
-    """Refuse what cannot be a corpus before any work starts: one clear line each."""
+def check_input(path: Path, flag: str | None = None) -> None:
+    """Refuse what cannot be a corpus (or, with `flag`, that flag's file: --vocab, --tokenizer)
+    before any work starts: one clear line each."""
+    where = f"{flag} {path}" if flag else str(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{where}: no such file")
+    if path.is_dir() and flag:
+        name = {"--vocab": "vocab.txt", "--tokenizer": "tokenizer.json"}.get(flag, "file")
+        raise InputError(f"{where}: is a directory; give the {name} file itself (e.g. {path / name})")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; name the corpus files in it")
+        raise InputError(f"{where}: is a directory; name the corpus files in it")
     try:
         with open(path, "rb") as f:
             f.read(1)

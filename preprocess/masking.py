@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertprep.shards.errors import ConfigError, InputError
-from bertprep.shards.options import option
+from bertprep.shards.options import check, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,20 +36,15 @@ class MaskConfig:
     """How many tokens to predict and how to corrupt them. `max_predictions` None means
     `round(max_len * mask_prob)`, which the caller (it knows the row length) resolves."""
 
-    mask_prob: float = option(0.15, help="Share of tokens chosen for prediction.")
-    max_predictions: int | None = option(None, help="Prediction slots per example [default: round(max-len * "
-                                         "mask-prob)].")
+    mask_prob: float = option(0.15, above=0, below=1, help="Share of tokens chosen for prediction.")
+    max_predictions: int | None = option(None, at_least=1, at_most=4096, help=(
+        "Prediction slots per example [default: round(max-len * mask-prob)]."))
     whole_word: bool = option(False, help="Choose whole words (a token and its ## pieces) together.")
     mask_token_prob: float = 0.8  # chosen tokens that become [MASK] (BERT's 80/10/10; no flag)
     random_token_prob: float = 0.1  # chosen tokens that become a random id
 
     def __post_init__(self):
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
-        if self.max_predictions is not None and (isinstance(self.max_predictions, bool)
-                                                 or not isinstance(self.max_predictions, int)
-                                                 or self.max_predictions < 1):
-            raise ConfigError(f"--max-predictions must be an integer >= 1, got {self.max_predictions!r}")
+        check(self)  # --max-predictions: at most the longest --max-len (4096)
         if not 0.0 <= self.mask_token_prob <= 1.0:
             raise ConfigError(f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
         if not 0.0 <= self.random_token_prob <= 1.0 - self.mask_token_prob:

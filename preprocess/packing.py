@@ -53,21 +53,16 @@ SPLIT_DOC_TRIES = 8  # random documents a split-mode window tries before keeping
 class PackConfig:
     """How documents become examples."""
 
-    max_len: int = option(128, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
+    max_len: int = option(128, at_least=8, at_most=4096, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
     strategy: Literal["segment", "split"] = option("segment", help=(
         "segment: whole sentences of one document, as google-research/bert; split: contiguous windows of exactly "
         "max-len - 2 tokens (no padding)."))
-    short_seq_prob: float = option(0.1, help="Share of segment-strategy examples given a random shorter target length.")
+    short_seq_prob: float = option(0.1, at_least=0, at_most=1,
+                                   help="Share of segment-strategy examples given a random shorter target length.")
     nsp: bool = option(False, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
 
     def __post_init__(self):
         check(self)
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or not 8 <= self.max_len <= 4096:
-            raise ConfigError(f"--max-len must be an integer in [8, 4096], got {self.max_len!r}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ConfigError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
-        if not isinstance(self.nsp, bool):
-            raise ConfigError(f"--nsp must be true or false, got {self.nsp!r}")
 
     @property
     def budget(self) -> int:

@@ -36,7 +36,7 @@ from bertprep.shards.atomic import environment_errors, output_lock, remove_stale
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.manifest import read_manifest, write_manifest
 from bertprep.shards.naming import ShardFormat
-from bertprep.shards.options import check, option
+from bertprep.shards.options import MAX_WORKERS, SEED_LIMIT, check, option
 from bertprep.shards.msgpack_zstd import MsgpackShardWriter
 from bertprep.shards.tokenstore import TokenStore, open_token_store
 
@@ -50,37 +50,31 @@ class ShardConfig:
     tokens: Path = option(Path("tokens"), help="Token store written by `bertprep tokenize`.")
     out: Path = option(Path("shards"), help="Directory for the shard files and the run's manifest.")
     pack: PackConfig = field(default_factory=PackConfig)
-    seed: int = option(12345, help="Seeds document splits, packing and masking.")
+    seed: int = option(12345, at_least=0, at_most=SEED_LIMIT, help="Seeds document splits, packing and masking.")
     mask: MaskConfig = field(default_factory=MaskConfig)
-    dupe_factor: int = option(1, help="Write N differently masked copies.")
+    dupe_factor: int = option(1, at_least=1, at_most=1000, help="Write N differently masked copies (at most 1000).")
     split: str = option("0.98,0.01,0.01", help="Fractions of documents for train,val,test.")
-    split_seed: int = option(0, help=(
+    split_seed: int = option(0, at_least=0, at_most=SEED_LIMIT, help=(
         "Seeds which documents go to val/test; independent of --seed and --max-len, so runs at other lengths or "
         "seeds from one token store never train on each other's validation documents."))
     fmt: ShardFormat = option("arrow", flag="--format", help=(
         "arrow: uncompressed Arrow IPC, memory-mapped by the trainer; msgpack: msgpack records, zstd-compressed."))
-    examples_per_shard: int = option(65536, help="Examples per part file.")
-    workers: int = option(0, help="Worker processes; 0 = all cores. Output is byte-identical for any value.")
+    examples_per_shard: int = option(65536, at_least=1, at_most=1 << 24, help="Examples per part file.")
+    workers: int = option(0, at_least=0, at_most=MAX_WORKERS,
+                          help="Worker processes; 0 = all cores. Output is byte-identical for any value.")
     overwrite: bool = option(False, help="Replace shards of other settings found in --out.")
     progress: bool = True
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fractions: tuple = field(init=False)
 
     def __post_init__(self):
+        # Bounds on the fields (shards/options.py). --dupe-factor: BERT used 10; 1000 copies of a
+        # corpus is past any use and each costs a full pass. --examples-per-shard: a part is
+        # written from memory, and 2^24 examples of 512 tokens is already ~40 GB.
         check(self)
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed}")
-        if self.split_seed < 0:
-            raise ConfigError(f"--split-seed must be a non-negative integer, got {self.split_seed}")
         if not 1 <= self.predictions <= self.max_len:
             raise ConfigError(f"--max-predictions must be between 1 and --max-len ({self.max_len}), "
                               f"got {self.mask.max_predictions}")
-        if self.dupe_factor < 1:
-            raise ConfigError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
-        if self.examples_per_shard < 1:
-            raise ConfigError(f"--examples-per-shard must be >= 1, got {self.examples_per_shard}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         object.__setattr__(self, "fractions", parse_split(self.split))
 
     @property

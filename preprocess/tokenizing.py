@@ -46,7 +46,7 @@ from bertprep.shards import tokenstore
 from bertprep.shards.atomic import environment_errors, output_lock, remove_stale_temps, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import check_label, default_label
-from bertprep.shards.options import check, option
+from bertprep.shards.options import MAX_WORKERS, check, option
 
 BATCH_CHARS = 1 << 21
 APPEND_SENTENCES = 1 << 20  # a piece is appended to the store this many sentences at a time
@@ -66,25 +66,21 @@ class TokenizeConfig:
     label: str | None = option(None, help=(
         "Name of this corpus in shard file names [default: first dotted part of the first input's name, e.g. "
         "'wiki' for wiki.train.tokens]."))
-    workers: int = option(0, help="Encoder threads; 0 = all cores.")
+    workers: int = option(0, at_least=0, at_most=MAX_WORKERS, help="Encoder threads; 0 = all cores.")
     backend: Literal["native", "tokenizers"] = option("native", help=(
         "native: BERT WordPiece in C, the same ids as tokenizers, several times faster (used when the tokenizer is "
         "BERT's pipeline, else tokenizers); tokenizers: HuggingFace tokenizers, the reference."))
     overwrite: bool = option(False, help="Replace a token store of a different run in --out.")
     progress: bool = True             # progress bar on a terminal
-    chunk_mb: float = option(64.0, help=(
+    chunk_mb: float = option(64.0, above=0, at_most=1 << 16, help=(
         "Inputs are cut into spans of about this size at document boundaries (a compressed file is one span): the "
         "unit of work on a --cluster. The output is the same for any value."))
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
-        check(self)
+        check(self)  # --chunk-mb: up to 64 GB spans (the output does not depend on it)
         if not self.inputs:
             raise ConfigError("name at least one corpus file")
-        if not self.chunk_mb > 0:
-            raise ConfigError(f"--chunk-mb must be > 0, got {self.chunk_mb}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.label is not None:
             check_label(self.label)
 
@@ -260,10 +256,10 @@ def _check_inputs_survive(cfg: TokenizeConfig, files: dict[str, bytes] | None) -
 def _load_or_train(cfg: TokenizeConfig, resolved, total_bytes: int):
     v = cfg.vocab
     if v.vocab:
-        check_input(v.vocab)
+        check_input(v.vocab, "--vocab")
         return load_vocab_txt(v.vocab, v.lowercase), "vocab.txt"
     if v.tokenizer:
-        check_input(v.tokenizer)
+        check_input(v.tokenizer, "--tokenizer")
         return load_tokenizer_json(v.tokenizer), "tokenizer.json"
     bar = _progress(2 * total_bytes, cfg.progress, "training vocab")
 
@@ -288,9 +284,9 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
         check_input(p)
         if p.stat().st_size == 0:
             raise InputError(f"{p}: empty file, no text to tokenize")
-    for given in (cfg.vocab.vocab, cfg.vocab.tokenizer):  # before --out is touched: a refusal writes nothing
-        if given:
-            check_input(given)
+    for given, flag in ((cfg.vocab.vocab, "--vocab"), (cfg.vocab.tokenizer, "--tokenizer")):
+        if given:  # before --out is touched: a refusal writes nothing
+            check_input(given, flag)
     if cfg.workers:
         # tokenizers sizes its Rust thread pool from this variable when it first encodes in parallel.
         os.environ["RAYON_RS_NUM_THREADS"] = str(cfg.workers)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from bertprep.shards.errors import ConfigError, InputError
-from bertprep.shards.options import option
+from bertprep.shards.options import check, option
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -26,16 +26,15 @@ class VocabConfig:
     vocab: Path | None = option(None, help="Use this BERT vocab.txt instead of training one.")
     tokenizer: Path | None = option(None, help="Use this tokenizers JSON file (its own normalization applies) "
                                     "instead of training one.")
-    vocab_size: int = option(30522, help="Size of the vocab to train.")
+    vocab_size: int = option(30522, at_least=128, at_most=1 << 22, help="Size of the vocab to train.")
     lowercase: bool = option(True, negative="--cased",
                              help="Uncased (lower-case, accents stripped, as BERT uncased) or cased text.")
     min_frequency: int = 2          # a word piece must occur this often to be learned
 
     def __post_init__(self):
+        check(self)
         if self.vocab and self.tokenizer:
             raise ConfigError("give --vocab or --tokenizer, not both")
-        if not 128 <= self.vocab_size <= 1 << 22:
-            raise ConfigError(f"--vocab-size must be between 128 and {1 << 22}, got {self.vocab_size}")
 
 
 def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:

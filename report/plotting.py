@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ConfigError, InputError
-from bertprep.shards.options import option
+from bertprep.shards.options import check, option
 from bertprep.trainer.metrics import METRICS_FILE, read_records
 
 # panel name -> (title, [(record key, legend text, style)], log y axis). A panel is drawn when
@@ -201,15 +201,14 @@ class PlotConfig:
     metrics: tuple[str, ...] = option((), flag="--metric", help=(
         "A panel to draw (repeatable): loss, val_mlm_acc, val_ppl, val_nsp_acc, val_acc, val_mae, lr, tokens_per_s "
         "or any key of metrics.jsonl [default: every recorded one of these]."))
-    dpi: int = option(100, help="Resolution of a .png, in dots per inch.")
+    dpi: int = option(100, at_least=20, at_most=600, help="Resolution of a .png, in dots per inch.")
 
     def __post_init__(self):
+        check(self)
         if not self.runs:
             raise ConfigError("give at least one run directory")
         if Path(self.out).suffix.lower() not in FORMATS:
             raise ConfigError(f"-o {self.out}: the file name must end in {', '.join(FORMATS)}")
-        if not 20 <= self.dpi <= 600:
-            raise ConfigError(f"--dpi must be in [20, 600], got {self.dpi}")
 
 
 def plot_runs(cfg: PlotConfig) -> dict:

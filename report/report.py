@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import BertprepError, ConfigError, InputError
-from bertprep.shards.options import flag_named, option
+from bertprep.shards.options import check, flag_named, option
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
@@ -52,19 +52,16 @@ PREDICTIONS_FILE = "predictions.jsonl"  # written by `bertprep finetune` where i
 class ReportConfig:
     run: str                             # RUN_DIR
     out: str = option("report.html", short="-o", help="HTML file to write.")
-    examples: int = option(8, flag="-n", help="Validation sentences to show (fine-tuning: worst errors).")
+    examples: int = option(8, flag="-n", at_least=0, at_most=1000,
+                           help="Validation sentences to show (fine-tuning: worst errors).")
     val: tuple[str, ...] = option((), help=(
         "Validation data instead of the run's own: val shard files for a pretraining run, a labelled file for a "
         "fine-tuning run (repeatable)."))
-    val_batches: int = option(20, help="Batches for the final figures.")
-    batch_size: int = option(32, help="Examples per batch for the final figures.")
+    val_batches: int = option(20, at_least=1, at_most=10_000, help="Batches for the final figures.")
+    batch_size: int = option(32, at_least=1, at_most=4096, help="Examples per batch for the final figures.")
 
     def __post_init__(self):
-        if not 0 <= self.examples <= 1000:
-            raise ConfigError(f"-n must be in [0, 1000], got {self.examples}")
-        for name in ("val_batches", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check(self)  # the final figures: up to 10,000 batches of up to 4096 examples
         if not self.out.lower().endswith((".html", ".htm")):
             raise ConfigError(f"-o {self.out}: the report is HTML; name it .html")
 

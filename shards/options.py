@@ -13,11 +13,16 @@ derives:
 | a config from flat keys    | `build(cls, values)`| cli.py, run.py (flags and TOML keys), recipes |
 | flat keys from a config    | `flat(cfg)`         | the run's recorded config                |
 | a Markdown flag table      | `markdown(cls)`     | docs (generated, never copied by hand)   |
-| the choices check          | `check(cfg)`        | every config's `__post_init__`           |
+| the value check            | `check(cfg)`        | every config's `__post_init__`           |
 
 Flags stay flat (`--lr`, TOML key `lr`) however the config nests (`TrainConfig.optim.lr`): a field
-whose type is a dataclass is a component, and its flags are the parent's. Range checks stay in each
-config's `__post_init__` (they are about values, not the command line).
+whose type is a dataclass is a component, and its flags are the parent's.
+
+A number's bounds are declared on its field (`option(1, at_least=1, at_most=1000, ...)`) and
+`check(cfg)` enforces them with the other per-value rules, in one place: the type (an integer is
+not a float or a boolean, as a TOML file can give), the choices of a `Literal`, a finite float
+(NaN and infinities are always refused), the bounds (each element of a tuple). Checks that relate
+two fields (`--min-lr <= --lr`) stay in the config's `__post_init__`, after `check(self)`.
 
 Why in shards/: it is the bottom of the import graph (beside errors.py), so cli.py, preprocess/ and
 trainer/ all derive from the same code without importing torch or each other; click is imported
@@ -28,6 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
+import os
+import sys
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -39,15 +48,19 @@ from bertprep.shards.errors import ConfigError
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, short: str | None = None,
            negative: str | None = None, metavar: str | None = None, sep: str | None = None,
-           nargs: str | None = None, default_factory: Any = MISSING) -> Any:
+           nargs: str | None = None, default_factory: Any = MISSING, at_least: float | None = None,
+           above: float | None = None, at_most: float | None = None, below: float | None = None) -> Any:
     """A dataclass field that is also a command-line flag.
 
     flag: the flag's name when it is not the field's (`--format` for `fmt`); short: an extra short
     name (`-o`); negative: the off switch of a boolean shown as a pair (`--cased`); metavar: the
     placeholder in help; sep: a tuple given as one separated string (`--seeds 1,2,3`); nargs: a
-    tuple given as several words (`--shards a b`, argparse only; in click a tuple is repeatable)."""
+    tuple given as several words (`--shards a b`, argparse only; in click a tuple is repeatable).
+    at_least / above and at_most / below: a number's closed / open bounds, checked by `check`."""
+    if at_least is not None and above is not None or at_most is not None and below is not None:
+        raise TypeError("give one lower bound (at_least or above) and one upper bound (at_most or below)")
     meta = {"help": help, "flag": flag, "short": short, "negative": negative, "metavar": metavar, "sep": sep,
-            "nargs": nargs}
+            "nargs": nargs, "at_least": at_least, "above": above, "at_most": at_most, "below": below}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": meta})
 
 
@@ -127,25 +140,136 @@ def flag_named(cls, dest: str) -> Flag:
     return {x.dest: x for x in flags(cls)}[dest]
 
 
+SEED_LIMIT = 2**63 - 1  # seeds: torch.manual_seed takes at most 2**64 - 1, JSON readers lose above 2**63
+MAX_WORKERS = 4096     # --workers: processes or threads of one machine
+
+
+def bounds_text(meta: dict, integer: bool) -> str:
+    """The declared bounds in words: "in 1..1000", "in [0, 1)", ">= 1", "> 0"."""
+    lo, lo_open = (meta["above"], True) if meta.get("above") is not None else (meta.get("at_least"), False)
+    hi, hi_open = (meta["below"], True) if meta.get("below") is not None else (meta.get("at_most"), False)
+    if lo is not None and hi is not None:
+        if integer and not lo_open and not hi_open:
+            return f"in {lo}..{hi}"
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return ""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    flag: str
+    type: Any
+    optional: bool
+    many: bool
+    choices: tuple | None
+    meta: dict
+
+
 @functools.cache
-def _choices(cls) -> dict[str, tuple[str, tuple, bool]]:
-    """field -> (flag, choices, None allowed) for the `Literal` fields of `cls`."""
+def _rules(cls) -> dict[str, _Rule]:
+    """field -> what `check` enforces, for the flag fields of `cls` (not its components: each
+    component's own `__post_init__` checks it)."""
     out = {}
     for f in dataclasses.fields(cls):
-        _, optional, _, choices = _unwrap(_hints(cls)[f.name])
-        if choices is not None:
-            meta = f.metadata.get("option") or {}
-            out[f.name] = (meta.get("flag") or "--" + f.name.replace("_", "-"), choices, optional)
+        meta = f.metadata.get("option")
+        if _component(cls, f) is not None:
+            continue
+        base, optional, many, choices = _unwrap(_hints(cls)[f.name])
+        if meta is None and choices is None:
+            continue
+        meta = meta or {"flag": None}
+        out[f.name] = _Rule(meta["flag"] or "--" + f.name.replace("_", "-"), base, optional, many, choices, meta)
     return out
 
 
+def numpy_bool() -> tuple:
+    """numpy's bool type where numpy is already imported (shards/ does not import it for this)."""
+    np = sys.modules.get("numpy")
+    return (np.bool_,) if np is not None else ()
+
+
+def check_value(flag: str, value, *, type=float, meta: dict | None = None, choices: tuple | None = None) -> None:
+    """One value against its flag's rules (the type, choices, finiteness, bounds); ConfigError
+    naming the flag. Also for plain click options and values read from files."""
+    meta = meta or {}
+    if type is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if type is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise ConfigError(f"{flag} must be a number, got {value!r}")
+    if type is bool and not isinstance(value, (bool, *numpy_bool())):
+        raise ConfigError(f"{flag} must be true or false, got {value!r}")
+    if type is str and choices is None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{flag} must be text, got {value!r}")
+    if type is Path and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{flag} must be a path, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if type not in (int, float):
+        return
+    if type is float and not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value}")
+    lo, hi = meta.get("at_least"), meta.get("at_most")
+    above, below = meta.get("above"), meta.get("below")
+    if ((lo is not None and not value >= lo) or (above is not None and not value > above)
+            or (hi is not None and not value <= hi) or (below is not None and not value < below)):
+        raise ConfigError(f"{flag} must be {bounds_text(meta, type is int)}, got {value}")
+
+
 def check(cfg) -> None:
-    """Raise ConfigError naming the flag when a `Literal` field holds a value outside its choices
-    (every config with one calls this first in `__post_init__`)."""
-    for name, (flag, choices, optional) in _choices(type(cfg)).items():
+    """Raise ConfigError naming the flag when a flag field of `cfg` holds a value of the wrong type,
+    outside its `Literal` choices, a non-finite float or a number outside its declared bounds
+    (each element of a tuple). Every config with flags calls this first in `__post_init__`."""
+    for name, rule in _rules(type(cfg)).items():
         value = getattr(cfg, name)
-        if value not in choices and not (value is None and optional):
-            raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if value is None and rule.optional:
+            continue
+        if rule.many:
+            if not isinstance(value, (tuple, list)):
+                raise ConfigError(f"{rule.flag} must be a list, got {value!r}")
+            values = value
+        else:
+            values = (value,)
+        for v in values:
+            check_value(rule.flag, v, type=rule.type, meta=rule.meta, choices=rule.choices)
+
+
+def read_table(cls, table: dict, where: str) -> dict:
+    """A settings table read from a file (a TOML `--config`, a recipe's [train]) as flat keys, each
+    checked against its flag's type, choices and bounds before anything is built from it: one
+    ConfigError naming `where` and the key for an unknown key, a key given in both spellings
+    (`max-steps` and `max_steps`) or a value of the wrong type (a float or a boolean where an
+    integer is meant, text for a number)."""
+    by_dest = {x.dest: x for x in flags(cls)}
+    out: dict = {}
+    spelled: dict[str, str] = {}
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        if dest in spelled:
+            raise ConfigError(f"{where}: {spelled[dest]!r} and {key!r} are the same setting; give it once")
+        spelled[dest] = key
+        x = by_dest.get(dest)
+        if x is None:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        name = f"{where}: {key}"
+        if x.many:
+            if isinstance(value, str) and (x.meta["sep"] or x.type in (str, Path)):
+                values = [value]  # one glob or one separated string, split later
+                if x.meta["sep"] and x.type in (int, float):
+                    values = list(_convert(dataclasses.replace(x, name=name), value))
+            elif isinstance(value, list):
+                values = value
+            else:
+                raise ConfigError(f"{name} must be a list, got {value!r}")
+            for v in values:
+                check_value(name, v, type=x.type, meta=x.meta, choices=x.choices)
+        else:
+            check_value(name, value, type=x.type, meta=x.meta, choices=x.choices)
+        out[dest] = value
+    return out
 
 
 def _convert(x: Flag, value):

@@ -227,7 +227,7 @@ def test_grad_accum_takes_the_steps_a_larger_batch_takes(pretrained, tasks, tmp_
     (["--task", "regression"], "--task regression needs --regression-column"),
     (["--seeds", "1,x"], "--seeds takes comma-separated integers"),
     (["--seeds", "1,1"], "--seeds has a seed twice"),
-    (["--grad-accum", "0"], "--grad-accum must be >= 1"),
+    (["--grad-accum", "0"], "--grad-accum must be in 1..65536, got 0"),
     (["--regression-column", "sentence"], "'sentence' value"),
     (["--text-column-b", "premise"], "no column 'premise'"),
 ])

@@ -101,6 +101,9 @@ def test_trainer_command_line_is_the_train_config():
         a = actions[x.dest]
         assert a.option_strings[0] == x.name and a.help == x.help and x.help, x.name
         assert a.choices == (list(x.choices) if x.choices else None), x.name
+        if x.dest in ("lr", "warmup_steps"):  # not given: the --model preset's (PRESET_RATES), named in --help
+            assert str(a.default).startswith("by --model: tiny"), x.name
+            continue
         assert a.default == (None if x.many else x.default), x.name
     # flat on the command line, composed inside
     cfg = parse_config(["--shards", "a", "--lr", "3e-4", "--model", "tiny", "--no-verify-shards", "--out", "r"])

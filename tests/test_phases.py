@@ -185,6 +185,7 @@ def test_position_tables_too_short_are_refused(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--max-position 16 is shorter than the shards' 32-token examples"):
         train(train_config(shards=tuple(map(str, short)), out=str(tmp_path / "a"), max_position=16, **kw))
     train(train_config(shards=tuple(map(str, short)), out=str(tmp_path / "b"), max_position=32, **kw))
+    capsys.readouterr()  # the training run's own lines (a warm-up past --max-steps)
     code = main(["--shards", *map(str, long), "--init-from", str(tmp_path / "b"), "--max-steps", "4", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1

@@ -201,7 +201,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(syn, tmp_path,
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run")][-1] == "step_00000004.pt"
     calls["n"] = 0
     code = main(["--shards", *cfg.data.shards, "--out", str(tmp_path / "run2"), "--model", "tiny", "--hidden", "32",
-                 "--batch-size", "8", "--max-steps", "8", "--quiet", "--no-tensorboard"])
+                 "--batch-size", "8", "--max-steps", "8", "--warmup-steps", "2", "--quiet", "--no-tensorboard"])
     assert code == 3 and capsys.readouterr().err.startswith("error: loss is nan")
 
 

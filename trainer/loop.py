@@ -129,10 +129,9 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
 
 def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog,
              start: phases.Start | None = None) -> _Run:
-    """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`."""
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
+    """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`.
+    Everything that can refuse (the shape, the weights, the validation data) is checked before the
+    run directory is made or written to, so a refused run leaves nothing behind."""
     mcfg = ckpt_io.model_config(ck, run_dir) if ck else phases.model_config(cfg, data, start)
     phase = ck["phase"] if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank (a resumed run's come from `ck`)
@@ -148,6 +147,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     stream = ShardStream(shards, StreamConfig(batch_size=cfg.loop.batch_size, seed=cfg.loop.seed, rank=d.rank,
                                               world_size=d.world_size, overfit_batches=cfg.loop.overfit_batches))
     step, start_batch = 0, 0
+    val = _validation_data(cfg, shards, d, log)
     _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
         opt.load_state_dict(ck["optimizer"])
@@ -171,15 +171,17 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         if shape != cfg.model.shape() or mcfg.norm != cfg.model.norm:
             log.say(f"note: the model's shape comes from {start.source} ({shape}, {mcfg.max_len} positions, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
-        if d.is_main:
-            phases.carry_history(start, run_dir, cfg.loop.tensorboard)
+    if d.is_main:  # all checked: the run directory now
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_partial(run_dir)  # a checkpoint whose writing was killed: never under a final name
+    if start and not ck and d.is_main:
+        phases.carry_history(start, run_dir, cfg.loop.tensorboard)
     if phase["index"] > 1:
         log.tag = {"phase": phase["name"]}
     if d.is_main:
         note = phases.keep_run_tokenizer(cfg, data, run_dir, start)
         if note:
             log.say(note)
-    val = _validation_data(cfg, shards, d, log)
     if d.is_main:
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
                                              "world_size": d.world_size, "phase": phase})
@@ -196,9 +198,18 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         log.write({"event": "phase", "step": step, "phase": phase["name"], "init_from": start.source})
     run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
     run.phase, run.progress = phase, progress
+    run.warmup_end = phase["schedule_start"] + cfg.optim.warmup_steps
+    if d.is_main and step < run.warmup_end > cfg.loop.max_steps:
+        _warn(f"the warm-up (--warmup-steps {cfg.optim.warmup_steps}) ends at step {run.warmup_end:,}, after "
+              f"--max-steps {cfg.loop.max_steps:,}: the rate never reaches --lr {cfg.optim.lr:g}; lower --warmup-steps")
     if ck:
         run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
     return run
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"warning: {line}\n")  # one write: ranks sharing stderr never interleave mid-line
+    sys.stderr.flush()
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: list, d: dist.Dist) -> dict | None:
@@ -308,6 +319,7 @@ class _Run:
         self.clock = TrainClock()
         self.phase: dict = {}  # set by _prepare; kept in every checkpoint
         self.progress = BudgetProgress()  # set by _prepare: the share of --max-time used, for --schedule time
+        self.warmup_end = 0  # set by _prepare: the step at which the warm-up reaches --lr
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -319,6 +331,8 @@ class _Run:
         budget_s, every_s = cfg.loop.max_time * 60, cfg.loop.val_minutes * 60  # 0: no limit / no timed validation
         next_val_s = (self.clock.wall_s // every_s + 1) * every_s if every_s else math.inf
         spent = budget_s and self.clock.wall_s >= budget_s  # a resumed run whose time was used up
+        check_warmup = bool(budget_s) and d.is_main and step < self.warmup_end <= cfg.loop.max_steps
+        loop_s = self.clock.wall_s  # the budget used before this loop (a resumed run)
         with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.data.prefetch,
                                                on_batch=on_batch) as feed:
             self.clock.start()
@@ -356,6 +370,9 @@ class _Run:
                                 "train_s": train_s}
                         self.log.write(rec)
                         self.log.say(train_line(rec))
+                        if check_warmup:  # the first window's step rate: can the warm-up end in the budget?
+                            check_warmup = False
+                            self._warn_warmup(step, done_steps / max(train_s - loop_s, 1e-9), budget_s - train_s)
                         window.zero_()
                         micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
                 paused = time.perf_counter()
@@ -389,6 +406,13 @@ class _Run:
                    "params": self.raw.num_params(), "first_step": first_step} | self.last_val
         self.log.write({"event": "end", "step": step, "stopped": stopped})
         return summary
+
+    def _warn_warmup(self, step: int, steps_per_s: float, left_s: float) -> None:
+        reach = step + int(steps_per_s * left_s)
+        if reach < self.warmup_end:
+            _warn(f"at the measured {steps_per_s:.3g} steps/s the --max-time {self.cfg.loop.max_time:g} min budget "
+                  f"ends near step {reach:,}, before the warm-up ends at step {self.warmup_end:,}: the rate never "
+                  f"reaches --lr {self.cfg.optim.lr:g}; lower --warmup-steps")
 
     def _agree(self, stop_requested: bool, train_s: float) -> tuple[bool, float]:
         """All ranks act at the same step: any rank's signal stops them all, and the slowest-reading

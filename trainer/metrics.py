@@ -34,12 +34,13 @@ class MetricsLog:
         self.run_dir, self.enabled, self.quiet = Path(run_dir), enabled, quiet
         self.path = self.run_dir / METRICS_FILE
         self._tb = None
+        self._open_tb = None  # the writer is made at the first record: a run refused before it leaves no tb/
         self.tb_note = ""
         self.tag: dict = {}  # merged into every training and validation record (a later phase's `phase`)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
+                self._open_tb = lambda: SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
             except ImportError:
                 self.tb_note = "TensorBoard events skipped: `pip install tensorboard` to get them"
 
@@ -55,6 +56,8 @@ class MetricsLog:
         rec = {k: _clean(v) for k, v in (record if "event" in record else record | self.tag).items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
+        if self._open_tb is not None:
+            self._tb, self._open_tb = self._open_tb(), None
         if self._tb is not None:
             step = rec.get("step", 0)
             for k, v in rec.items():

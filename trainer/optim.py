@@ -24,31 +24,25 @@ if TYPE_CHECKING:
 class OptimConfig:
     """optim: AdamW and the learning-rate schedule (defaults: the BERT paper's pretraining)"""
 
-    lr: float = option(1e-4, help="peak learning rate")
-    min_lr: float = option(0.0, help="learning rate at --max-steps")
-    warmup_steps: int = option(10_000, help="steps of linear warm-up from 0 to --lr")
+    lr: float = option(1e-4, above=0, at_most=1.0, help="peak learning rate")
+    min_lr: float = option(0.0, at_least=0, at_most=1.0, help="learning rate at --max-steps")
+    warmup_steps: int = option(10_000, at_least=0, at_most=10**9, help="steps of linear warm-up from 0 to --lr")
     decay: Literal["linear", "cosine"] = option("linear", help="decay after warm-up")
     schedule: Literal["steps", "time"] = option("steps", help=(
         "steps: the decay ends at --max-steps; time: it ends as the --max-time budget runs out (the rate follows "
         "the clock, so the run ends annealed whatever its speed)"))
-    weight_decay: float = option(0.01, help="AdamW weight decay (not on biases and LayerNorm)")
-    beta1: float = option(0.9, help="AdamW beta1")
-    beta2: float = option(0.999, help="AdamW beta2")
-    eps: float = option(1e-6, help="AdamW epsilon")
-    clip: float = option(1.0, help="gradient-norm clipping (0: off)")
+    weight_decay: float = option(0.01, at_least=0, at_most=1.0, help="AdamW weight decay (not on biases and LayerNorm)")
+    beta1: float = option(0.9, at_least=0, below=1, help="AdamW beta1")
+    beta2: float = option(0.999, at_least=0, below=1, help="AdamW beta2")
+    eps: float = option(1e-6, above=0, at_most=1.0, help="AdamW epsilon")
+    clip: float = option(1.0, at_least=0, help="gradient-norm clipping (0: off)")
 
     def __post_init__(self):
+        # Bounds on the fields (shards/options.py). Why an AdamW rate, decay and eps of at most 1:
+        # each is a share of the weights moved per step, and above 1 a step overshoots the weights.
         check(self)
-        if self.warmup_steps < 0:
-            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
+        if not self.min_lr <= self.lr:
             raise ConfigError(f"--min-lr must be in [0, --lr={self.lr}], got {self.min_lr}")
-        if self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
-            raise ConfigError("--weight-decay and --clip must be >= 0 and --eps > 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"--beta1/--beta2 must be in [0, 1), got {self.beta1}/{self.beta2}")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -80,15 +80,18 @@ def _read(name: str, seen: tuple = ()) -> tuple[dict, Path]:
     return merged, path
 
 
+# The [data] settings' types (their bounds are the tokenize/shard configs', checked when run).
+DATA_TYPES = {"vocab-size": int, "lowercase": bool, "nsp": bool, "mask-prob": float, "whole-word": bool,
+              "short-seq-prob": float}
+
+
 def _train_settings(table: dict, where: str) -> dict:
     known = {x.dest for x in options.flags(TrainConfig)}
-    out = {}
-    for key, value in table.items():
+    for key in table:
         dest = key.replace("-", "_")
         if dest not in known or dest in NOT_IN_RECIPES:
             raise ConfigError(f"{where}: {key!r} is not a trainer setting a recipe may hold")
-        out[dest] = value
-    return out
+    return options.read_table(TrainConfig, table, where)
 
 
 def load_recipe(name: str) -> Recipe:
@@ -100,11 +103,16 @@ def load_recipe(name: str) -> Recipe:
     bad = set(raw.get("data", {})) - DATA_KEYS
     if bad:
         raise ConfigError(f"{path}: unknown [data] settings {sorted(bad)} (known: {', '.join(sorted(DATA_KEYS))})")
+    for key, value in raw.get("data", {}).items():
+        options.check_value(f"{path}: [data] {key}", value, type=DATA_TYPES[key])
     phases, last = [], 0
     for i, table in enumerate(raw.get("phase", []), 1):
         where = f"{path}: phase {i}"
-        if not isinstance(table.get("max-len"), int) or not isinstance(table.get("max-steps"), int):
+        if "max-len" not in table or "max-steps" not in table:
             raise ConfigError(f"{where}: needs integer max-len and max-steps")
+        for key in ("max-len", "max-steps", "max-predictions"):
+            if key in table:
+                options.check_value(f"{where}: {key}", table[key], type=int, meta={"at_least": 1})
         if table["max-steps"] <= last:
             raise ConfigError(f"{where}: max-steps {table['max-steps']} must exceed the previous phase's {last}")
         last = table["max-steps"]

@@ -30,7 +30,7 @@ import tomllib  # noqa: E402
 from bertprep.shards import options  # noqa: E402
 from bertprep.shards.atomic import path_error  # noqa: E402
 from bertprep.shards.errors import BertprepError, ConfigError  # noqa: E402
-from bertprep.trainer.config import TrainConfig  # noqa: E402
+from bertprep.trainer.config import PRESET_RATES, TrainConfig  # noqa: E402
 from bertprep.trainer.evaluation import evaluate  # noqa: E402,F401  (public: for `make demo`)
 from bertprep.trainer.loop import NonFiniteLoss, train  # noqa: E402
 from bertprep.trainer.recipes import load_recipe, phase_index  # noqa: E402
@@ -49,7 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE.toml", help="set any flag from a TOML file; command-line flags win")
     options.add_arguments(p, TrainConfig)
+    for action in p._actions:  # not given (flag, --config or recipe): the --model preset's, see parse_config
+        if action.dest in _BY_MODEL:
+            action.default = _BY_MODEL[action.dest]
     return p
+
+
+class _ByModel:
+    """The default of --lr and --warmup-steps: the --model preset's (PRESET_RATES), shown in --help."""
+
+    def __init__(self, index: int):
+        self.text = "by --model: " + ", ".join(f"{name} {rates[index]:g}" for name, rates in PRESET_RATES.items())
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_BY_MODEL = {"lr": _ByModel(0), "warmup_steps": _ByModel(1)}
 
 
 def _expand(paths) -> tuple[str, ...] | None:
@@ -70,16 +86,11 @@ def _config_file(path: str) -> dict:
             raw = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file (not UTF-8); give a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    known = {x.dest for x in options.flags(TrainConfig)}
-    values = {}
-    for key, value in raw.items():
-        dest = key.replace("-", "_")
-        if dest not in known:
-            raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        values[dest] = value
-    return values
+    return options.read_table(TrainConfig, raw, f"--config {path}")
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
@@ -93,6 +104,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser.set_defaults(**from_file)
     args = vars(parser.parse_args(argv))
     args.pop("config")
+    preset = args["model"] if args["model"] in PRESET_RATES else "base"  # an unknown one is refused by the config
+    for dest, value in zip(("lr", "warmup_steps"), PRESET_RATES[preset]):
+        if isinstance(args[dest], _ByModel):  # given by no flag, --config or recipe: what suits the model's size
+            args[dest] = value
     args["shards"] = _expand(args["shards"]) or ()
     args["val_shards"] = _expand(args["val_shards"])
     try:

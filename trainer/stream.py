@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bertprep.shards.errors import ConfigError
-from bertprep.shards.options import option
+from bertprep.shards.options import check, option
 
 STATE_VERSION = 1
 _ROUNDS = 4
@@ -74,14 +74,13 @@ class DataConfig:
     verify_shards: bool = option(True, help=(
         "before training, check every shard's sha256 against its manifest and every example's value ranges "
         "(--no-verify-shards: skip, for data already verified)"))
-    prefetch: int = option(4, help="pinned host buffers in the loader's ring")
+    prefetch: int = option(4, at_least=1, at_most=256, help="pinned host buffers in the loader's ring")
     trace_data: bool = option(False, help="debugging: write the rows each rank reads to <out>/trace/")
 
     def __post_init__(self):
+        check(self)  # --prefetch: each buffer is a pinned batch; 256 of them is far past any gain
         if not self.shards:
             raise ConfigError("--shards: give at least one training shard file")
-        if self.prefetch < 1:
-            raise ConfigError(f"--prefetch must be >= 1, got {self.prefetch}")
 
 
 @dataclass(frozen=True, kw_only=True)
