@@ -13,10 +13,10 @@ The convention the docs follow (and this test reads):
   for CI); the test reports it as skipped with REASON. Its flags are still checked.
 - Blocks with any other marker (```toml, ```text, plain ```) are not run.
 
-Each page runs in its own fresh temporary directory that looks like the checkout's root (every
-top-level entry git tracks is linked in: `data/`, `tests/data/`, `trainer/run.py`, ...), so the
-docs say "run from the checkout's root" and outputs (`tokens/`, `shards/`, `runs/`) land in the
-temporary directory, never in the checkout. `bertprep` and `python` are the venv's (the
+Each page runs in its own fresh temporary directory that looks like the checkout's root (links
+to what git tracks: `data/`, `tests/data/`, `trainer/run.py`, ...), so the docs say "run from the
+checkout's root" and outputs (`tokens/`, `shards/`, `runs/`) land in the temporary directory,
+never in the checkout. `bertprep` and `python` are the venv's (the
 directory of the interpreter running the tests is first on PATH).
 
 `test_flags_exist` checks that every `--flag` in a shown command appears in that command's
@@ -40,6 +40,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
+WRITTEN_INTO = ("shards",)  # tracked folders the docs' commands write into
 # Flags of other programs that the docs may name (torchrun, dask, pip, pytest).
 FOREIGN = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-endpoint",
            "--rdzv-backend", "--rdzv-id", "--nworkers", "--nthreads", "--port", "--host", "--upgrade"}
@@ -125,15 +126,23 @@ ALL_BLOCKS = [b for page in PAGES for b in parse_page(page)]
 
 
 def checkout_farm(where: Path) -> None:
-    """Link every top-level entry git tracks into `where`: it looks like the checkout's root."""
+    """Make `where` look like the checkout's root: every top-level entry git tracks is linked in,
+    except that shards/ (the package folder, where `bertprep shard` writes by default) is a real
+    folder of links to its entries, so that the shards written there stay out of the checkout."""
     try:
         tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         names = {p.split("/")[0] for p in tracked.splitlines()}
     except (OSError, subprocess.CalledProcessError):
         names = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
     for name in sorted(names):
-        if (ROOT / name).exists():
-            (where / name).symlink_to(ROOT / name)
+        source = ROOT / name
+        if name in WRITTEN_INTO:
+            (where / name).mkdir()
+            for entry in source.iterdir():
+                if entry.name != "__pycache__":
+                    (where / name / entry.name).symlink_to(entry)
+        elif source.exists():
+            (where / name).symlink_to(source)
 
 
 class PageRun:
