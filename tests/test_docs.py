@@ -153,6 +153,7 @@ class PageRun:
         checkout_farm(self.cwd)
         self.blocks = [b for b in ALL_BLOCKS if b.page == page]
         self.done = 0
+        self.failed: str | None = None  # the block that failed: the page's later blocks cannot run
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
                     "VIRTUAL_ENV": str(BIN.parent)}
@@ -161,10 +162,14 @@ class PageRun:
     def run_through(self, block: Block) -> None:
         index = self.blocks.index(block)
         while self.done <= index:
+            if self.failed:
+                pytest.fail(f"not run: the page's block {self.failed} failed", pytrace=False)
             b = self.blocks[self.done]
             self.done += 1
             if b.skip is None:
+                self.failed = b.id
                 self.run_block(b)
+                self.failed = None
 
     def run_block(self, b: Block) -> None:
         if b.lang == "python":
