@@ -26,6 +26,8 @@ commands or the trainer's, so docs cannot drift from the code.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -218,13 +220,26 @@ def _help(argv: list[str]) -> str:
     return done.stdout
 
 
+def _bertprep_help(args: list[str]) -> str:
+    """`bertprep ARGS --help` through the console entry point, in this process."""
+    from bertprep.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main([*args, "--help"])
+        except SystemExit as e:
+            assert not e.code, f"bertprep {args} --help exited {e.code}"
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def helps() -> dict[str, str]:
     """`--help` of every bertprep command, of the trainer and of the demo, as a user gets it."""
-    top = _help(["-m", "bertprep.cli"])
+    top = _bertprep_help([])
     names = re.findall(r"^  (\w[\w-]*)  ", top.split("Commands:", 1)[1], flags=re.M)
     assert names, top
-    out = {f"bertprep {name}": _help(["-m", "bertprep.cli", name]) for name in names}
+    out = {f"bertprep {name}": _bertprep_help([name]) for name in names}
     out["trainer/run.py"] = _help(["trainer/run.py"])
     out["bertprep.demo"] = _help(["-m", "bertprep.demo"])
     return out
