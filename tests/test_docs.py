@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 WRITTEN_INTO = ("shards",)  # tracked folders the docs' commands write into
-# Flags of other programs that the docs' prose names on their own (google-research/bert's).
-FOREIGN = {"--init_checkpoint"}
+# Flags of other programs that the docs' prose names on their own (google-research/bert's, python -m venv's).
+FOREIGN = {"--init_checkpoint", "--system-site-packages"}
 
 
 @dataclass
@@ -235,13 +235,14 @@ def _bertprep_help(args: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def helps() -> dict[str, str]:
-    """`--help` of every bertprep command, of the trainer and of the demo, as a user gets it."""
+    """`--help` of every bertprep command, of the trainer, the demo and the GPU check, as a user gets it."""
     top = _bertprep_help([])
     names = re.findall(r"^  (\w[\w-]*)  ", top.split("Commands:", 1)[1], flags=re.M)
     assert names, top
     out = {f"bertprep {name}": _bertprep_help([name]) for name in names}
     out["trainer/run.py"] = _help(["trainer/run.py"])
     out["bertprep.demo"] = _help(["-m", "bertprep.demo"])
+    out["bench.gpu"] = _help(["-m", "bench.gpu"])
     return out
 
 
