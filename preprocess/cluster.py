@@ -1,7 +1,7 @@
 """Running `tokenize` and `shard` tasks on a Dask distributed cluster (`--cluster ADDRESS|local:N`).
 
 This module is the only one that talks to Dask, and it is imported only when --cluster is given:
-a plain install does not need Dask (`pip install 'bertprep[cluster]'` brings it). It schedules
+a plain install does not need Dask (`make install`, or `pip install -e '.[cluster]'` in the checkout, brings it). It schedules
 nothing itself: the per-chunk functions of `tokenizing.py` and `sharding.py` run as Dask tasks,
 and what they compute depends only on the task's position in the input, never on which worker
 runs it or when, so the output is byte-identical to a local run for any number of workers.
@@ -52,7 +52,7 @@ class ClusterConfig:
     address: str | None = option(None, flag="--cluster", metavar="ADDRESS", help=(
         "Run the work as tasks on a Dask distributed cluster: a scheduler's address (tcp://host:8786), or local:N "
         "to start N worker processes here for this command. Output is byte-identical to a run without it. Needs "
-        "pip install 'bertprep[cluster]'."))
+        "pip install -e '.[cluster]' from the checkout (make install does)."))
     timeout: float = option(10.0, flag="--cluster-timeout", above=0, at_most=86400,
                             help="Seconds to wait for the --cluster scheduler to answer and to have a worker.")
 
@@ -267,7 +267,8 @@ def open_session(address: str, timeout: float, scratch: Path) -> Iterator[Sessio
     try:
         import distributed
     except ImportError:
-        raise ConfigError("--cluster needs Dask distributed: pip install 'bertprep[cluster]'") from None
+        raise ConfigError("--cluster needs Dask distributed: run make install, or pip install -e '.[cluster]' in "
+                          "the checkout") from None
     check_address(address)
     cluster = client = session = None
     try:

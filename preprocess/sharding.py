@@ -50,7 +50,7 @@ class ShardConfig:
     tokens: Path = option(Path("tokens"), help="Token store written by `bertprep tokenize`.")
     out: Path = option(Path("shards"), help="Directory for the shard files and the run's manifest.")
     pack: PackConfig = field(default_factory=PackConfig)
-    seed: int = option(12345, at_least=0, at_most=SEED_LIMIT, help="Seeds document splits, packing and masking.")
+    seed: int = option(12345, at_least=0, at_most=SEED_LIMIT, help="Seeds packing and masking (which documents go to val/test: --split-seed).")
     mask: MaskConfig = field(default_factory=MaskConfig)
     dupe_factor: int = option(1, at_least=1, at_most=1000, help="Write N differently masked copies (at most 1000).")
     split: str = option("0.98,0.01,0.01", help="Fractions of documents for train,val,test.")

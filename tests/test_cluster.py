@@ -203,7 +203,7 @@ def test_without_dask_installed_the_error_says_how_to_get_it(tmp_path, token_sto
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now raises ImportError
     assert run_cli(["tokenize", PLAIN, "--vocab", token_store / "vocab.txt", "--out", tmp_path / "t",
                     "--cluster", "local:1"]) == 2
-    assert "pip install 'bertprep[cluster]'" in capsys.readouterr().err
+    assert "pip install -e '.[cluster]'" in capsys.readouterr().err
 
 
 def test_without_cluster_dask_is_never_imported(tmp_path, token_store):

@@ -69,8 +69,8 @@ class DataConfig:
                                      "--config)")
     val_shards: tuple[str, ...] | None = option(None, help="validation shard files (default: the val_ files beside "
                                                 "the training shards)")
-    vocab: str | None = option(None, help="vocab.txt for decoded validation examples (default: found beside the "
-                               "shards)")
+    vocab: str | None = option(None, help="vocab.txt for decoded validation examples (default: the token store "
+                               "the shards' manifest names, if its tokenizer is the shards')")
     verify_shards: bool = option(True, help=(
         "before training, check every shard's sha256 against its manifest and every example's value ranges "
         "(--no-verify-shards: skip, for data already verified)"))
