@@ -32,6 +32,36 @@ def run_cli(args: list[str], capsys=None) -> int:
     return 0
 
 
+TICK_S = 0.01              # what one reading of the fake clock advances it by
+
+
+class FakeClock:
+    """Stands in for the `time` module in trainer/loop.py: wall and CPU time advance by TICK_S per
+    reading, and `pause(s)` moves them on as a slow validation would."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def _tick(self) -> float:
+        self.now += TICK_S
+        return self.now
+
+    perf_counter = process_time = _tick
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+
+
+def one_line(capsys, args) -> str:
+    """Run `bertprep ARGS` in-process expecting a refusal: exit 2 and a single `error:` line, returned."""
+    code = run_cli(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (args, code, err)
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
 def train_losses(run_dir: Path | str) -> dict[int, float]:
     """{step: training loss} of a run's metrics.jsonl, checking that no step is logged twice.
 

@@ -20,30 +20,11 @@ from bertprep.trainer import loop
 from bertprep.trainer.optim import budget_lr_factor
 from bertprep.trainer.run import evaluate, main
 from bertprep.trainer.synthetic import write_synthetic_shards
+from conftest import FakeClock
 
 BUDGET_MIN = 0.05          # 3 seconds of training
 VAL_EVERY_MIN = 0.02       # marks at 1.2 s and 2.4 s of training time, then the final validation
 VAL_PAUSE_S = 0.4          # each validation is slowed by this much: it must not count as training
-TICK_S = 0.01              # what one reading of the fake clock advances it by
-
-
-class FakeClock:
-    """Stands in for the `time` module in trainer/loop.py: wall and CPU time advance by TICK_S per
-    reading, and `pause(s)` moves them on as a slow validation would."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def _tick(self) -> float:
-        self.now += TICK_S
-        return self.now
-
-    perf_counter = process_time = _tick
-
-    def pause(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture(autouse=True)
 def fake_clock(monkeypatch) -> FakeClock:
     clock = FakeClock()

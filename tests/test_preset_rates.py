@@ -14,19 +14,7 @@ from bertprep.trainer import loop
 from bertprep.trainer.config import PRESET_RATES, PRESETS
 from bertprep.trainer.run import build_parser, main, parse_config
 from bertprep.trainer.synthetic import write_synthetic_shards
-
-
-class FakeClock:
-    """Stands in for the `time` module in trainer/loop.py: each reading advances it by 10 ms."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def _tick(self) -> float:
-        self.now += 0.01
-        return self.now
-
-    perf_counter = process_time = _tick
+from conftest import FakeClock
 
 
 @pytest.fixture(scope="module")

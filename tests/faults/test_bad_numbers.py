@@ -18,7 +18,7 @@ from bertprep.shards import options
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer import run as trainer_run
 from bertprep.trainer.config import TrainConfig
-from conftest import run_cli
+from conftest import one_line
 
 HUGE = 10**12
 INT_VALUES = ("nan", "inf", "0", "-1", str(HUGE))
@@ -92,14 +92,6 @@ def test_the_walk_finds_the_numeric_options():
                  ("inspect", "--start"), ("inspect", "-n"), ("predict", "--top-k"), ("recipe", "--vocab-size"),
                  ("report", "--val-batches"), ("plot", "--dpi")]:
         assert case in flags, case
-
-
-def one_line(capsys, args) -> str:
-    code = run_cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, (args, code, err)
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("command,flag,param,x,value,ok", CASES,

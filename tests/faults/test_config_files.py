@@ -12,7 +12,7 @@ from bertprep.finetune.labelled import MAX_LABEL, read_labelled
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.trainer import run as trainer_run
 from bertprep.trainer.recipes import load_recipe
-from conftest import run_cli
+from conftest import one_line
 
 BAD_CONFIGS = [
     ("max-steps = 1.5\n", "max-steps must be an integer, got 1.5"),
@@ -81,14 +81,6 @@ def test_a_recipe_file_that_is_not_text_is_refused(tmp_path, capsys):
     assert trainer_run.main(["--recipe", str(path), "--shards", "train.arrow"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(path) in err and "\n" not in err, err
-
-
-def one_line(capsys, args) -> str:
-    code = run_cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, (args, code, err)
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("seed", ["0", "7"])  # 0 is --seed's default: given on the command line, still refused

@@ -8,17 +8,9 @@ import click
 import pytest
 
 from bertprep.cli import cli
-from conftest import run_cli
+from conftest import one_line
 
 COMMANDS = sorted(cli.commands)
-
-
-def one_line(capsys, args) -> str:
-    code = run_cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, (args, code, err)
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_an_unknown_command_is_one_line(capsys):
