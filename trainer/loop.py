@@ -422,6 +422,7 @@ class _Run:
             return bool(stop_requested), train_s
         both = torch.tensor([float(bool(stop_requested)), train_s], dtype=torch.float64, device=self.d.device)
         halt, agreed = dist.all_reduce_max(both, self.d).tolist()
+        self.clock.wall_s += agreed - train_s  # this rank's clock becomes the agreed one (what it checkpoints)
         return bool(halt), agreed
 
     def _reduce_window(self, window: torch.Tensor, micro: int, step: int, lr: float) -> dict:
