@@ -43,10 +43,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, but not "(default: None)" nor a second one where the help names it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags of TrainConfig's fields (trainer/config.py), a group per component, and --config."""
     p = _Parser(prog="trainer/run.py", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Defaults)
     p.add_argument("--config", metavar="FILE.toml", help="set any flag from a TOML file; command-line flags win")
     options.add_arguments(p, TrainConfig)
     for action in p._actions:  # not given (flag, --config or recipe): the --model preset's, see parse_config
