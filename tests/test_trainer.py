@@ -247,22 +247,6 @@ def test_existing_run_needs_resume(syn, tmp_path, capsys):
     assert "warning: --resume: no checkpoint in" in capsys.readouterr().err
 
 
-def test_a_resumed_run_trains_at_its_own_rates(syn, tmp_path):
-    """Every flag but the model's is the resuming run's: a new --lr (and weight decay) applies from
-    the first resumed step, on the schedule's curve at that step (the saved state would bring back
-    the old peak)."""
-    kw = dict(max_steps=20, warmup_steps=2, min_lr=0.0, ckpt_interval=10, log_interval=1)
-    train(make_cfg(syn, tmp_path / "run", lr=1e-2, weight_decay=0.01, **kw | {"max_steps": 10}))
-    train(make_cfg(syn, tmp_path / "run", lr=1e-3, weight_decay=0.1, resume=True, **kw))
-    whole = tmp_path / "whole"
-    train(make_cfg(syn, whole, lr=1e-3, weight_decay=0.1, **kw))
-    rates = {r["step"]: r["lr"] for r in records(tmp_path / "run") if "lr" in r}
-    want = {r["step"]: r["lr"] for r in records(whole) if "lr" in r}
-    assert all(rates[s] == pytest.approx(want[s], rel=1e-9) for s in range(11, 21))
-    ck = ckpt_io.load(ckpt_io.newest(tmp_path / "run"))
-    assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.1, 0.0]
-
-
 def test_config_file_sets_flags_and_the_command_line_wins(syn, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'shards = ["{syn}/train_*.arrow"]\nlr = 0.5\nmax-steps = 7\nmodel = "mini"\ndecay = "cosine"\n')
