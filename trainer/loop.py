@@ -114,7 +114,6 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     shards = open_shards(cfg.data.shards)
     _check_shards(cfg, shards, d)
-    _check_named_inputs(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.checkpoint.out or phases.default_out(cfg, data))
     ck = _checkpoint_to_resume(cfg, run_dir, data, shards, d)
@@ -226,21 +225,20 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: l
     return ck
 
 
-def _check_named_inputs(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
-    """Files named by --val-shards and --vocab are opened before the run directory is made, even when
-    validation is off: a wrong path is refused with nothing written, not ignored."""
-    if cfg.data.val_shards:
-        open_shards(cfg.data.val_shards)
-    if cfg.data.vocab and d.is_main:
-        vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab)
-
-
 def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
-    """(stream, vocab) for validation, or None when there are no validation shards."""
+    """(stream, vocab) for validation, or None when there is none. Runs before the run directory is
+    made; files named by --val-shards and --vocab are opened even when validation is off, so a wrong
+    path is refused with nothing written, not ignored."""
+    validating = bool(cfg.loop.val_interval or cfg.loop.val_minutes)
+    wanted = d.is_main and (validating or cfg.data.vocab)  # decodes examples, or checks a named --vocab
+    vocab = vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab) if wanted else None
     paths = list(cfg.data.val_shards) if cfg.data.val_shards is not None else default_val_shards(cfg.data.shards)
-    if not paths or not (cfg.loop.val_interval or cfg.loop.val_minutes):
-        if cfg.loop.val_interval or cfg.loop.val_minutes:
-            log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
+    if not validating:
+        if cfg.data.val_shards:
+            open_shards(paths)
+        return None
+    if not paths:
+        log.say("no validation shards (no val_ files beside the training shards, no --val-shards): skipping validation")
         return None
     val_shards = open_shards(paths)
     _check_shards(cfg, val_shards, d)
@@ -249,7 +247,6 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
     if stream is None:
         log.say("validation shards hold fewer examples than there are ranks: skipping validation")
         return None
-    vocab = vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab) if d.is_main else None
     return stream, vocab
 
 
