@@ -60,11 +60,13 @@ def id_beyond_vocab(store):
     return "ids.bin"
 
 
+def swap_middle(a):
+    k = len(a) // 2
+    a[k], a[k + 1] = a[k + 1], a[k]
+
+
 def sentences_out_of_order(store):
-    def swap(a):
-        k = len(a) // 2
-        a[k], a[k + 1] = a[k + 1], a[k]
-    edit_array(store / "sentences.bin", "<i8", swap)
+    edit_array(store / "sentences.bin", "<i8", swap_middle)
     return "sentences.bin"
 
 
@@ -74,10 +76,7 @@ def sentence_offsets_not_from_zero(store):
 
 
 def documents_out_of_order(store):
-    def swap(a):
-        k = len(a) // 2
-        a[k], a[k + 1] = a[k + 1], a[k]
-    edit_array(store / "documents.bin", "<i8", swap)
+    edit_array(store / "documents.bin", "<i8", swap_middle)
     return "documents.bin"
 
 
