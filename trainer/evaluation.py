@@ -83,9 +83,8 @@ def validate(model, stream: ShardStream, d: Dist, *, max_batches: int, autocast)
 
 def vocab_for(shard_path, meta: dict, explicit: str | None) -> list[str] | None:
     """Tokens in id order: --vocab, else the token store the shards' manifest names (checked
-    against the shards' tokenizer sha256). None when there is none: ids are shown instead."""
-    if explicit and not Path(explicit).is_file():
-        raise InputError(f"--vocab {explicit}: no such file")
+    against the shards' tokenizer sha256; a named one that is missing or of another size is refused
+    there). None when there is none: ids are shown instead."""
     return find_vocab(Path(shard_path), meta, Path(explicit) if explicit else None)
 
 
