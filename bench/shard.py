@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
               f"collate {st['collate']:.1f}s ({hf['examples'] / st['collate']:,.0f} examples/s)")
         print(f"bertprep shard / HF = {bp['examples_per_s'] / hf['examples_per_s']:.1f}x examples/s (target >= 10x); "
               f"real tokens/s {bp['tokens'] / bp['seconds'] / (hf['tokens'] / hf['seconds']):.1f}x "
-              "(bertprep's examples are padded whole sentences, HF's are full 128-token blocks)")
+              "(bertprep's segment examples are padded at document ends and short targets, HF's are full 128-token "
+              "blocks)")
 
         if args.scale > 1:
             big = scaled_store(store, tmp / f"store-x{args.scale}", args.scale)

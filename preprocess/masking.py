@@ -1,11 +1,14 @@
 """BERT masked-language-model masking of a whole batch at once, in pure vectorized numpy.
 
 `mask_batch` takes packed rows `[CLS] A [SEP] (B [SEP]) [PAD]...` and picks, per row, the tokens
-the model must predict: `k = min(max_predictions, max(1, rint(n * mask_prob)))` of the row's `n`
-candidates (tokens within its length that are not special), never more than `n`, none when `n` is
-0. `rint` rounds half to even (`rint(2.5) == 2`), the numpy default, so the count is reproducible
-by any reference that uses the same rule. Each chosen token becomes `[MASK]` (80%), a random
-non-special vocab id (10%) or stays itself (10%).
+the model must predict, as many as google-research/bert's create_masked_lm_predictions:
+`k = min(max_predictions, max(1, rint(length * mask_prob)))` where `length` counts the row's real
+tokens, [CLS] and [SEP]s included (google's `len(tokens)`), capped at the row's candidates (tokens
+within its length that are not special), so none when there are none. Counting the specials too
+(rather than the candidates alone) is google's rule, kept so that shards and google's instances
+agree on the count; it adds one prediction at some lengths (125 real tokens: 19, not 18). `rint` rounds
+half to even (`rint(2.5) == 2`), as Python 3's round() in google's code. Each chosen token becomes
+`[MASK]` (80%), a random non-special vocab id (10%) or stays itself (10%).
 
 With `whole_word`, a word (a non-continuation token and the `##` continuations after it; a
 continuation right after a special token or at position 0 starts its own word) is chosen whole or
@@ -29,16 +32,18 @@ import numpy as np
 
 from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.options import check, option
+from bertprep.shards.schema import default_max_predictions
 
 
 @dataclass(frozen=True, kw_only=True)
 class MaskConfig:
-    """How many tokens to predict and how to corrupt them. `max_predictions` None means
-    `round(max_len * mask_prob)`, which the caller (it knows the row length) resolves."""
+    """How many tokens to predict and how to corrupt them. `max_predictions` None means the
+    default of `slots(max_len)`, which the caller (it knows the row length) resolves."""
 
     mask_prob: float = option(0.15, above=0, below=1, help="Share of tokens chosen for prediction.")
     max_predictions: int | None = option(None, at_least=1, at_most=4096, help=(
-        "Prediction slots per example [default: round(max-len * mask-prob)]."))
+        "Prediction slots per example [default: max-len * mask-prob rounded up to a multiple of 5: 20 at 128, 80 at "
+        "512]."))
     whole_word: bool = option(False, help="Choose whole words (a token and its ## pieces) together.")
     mask_token_prob: float = 0.8  # chosen tokens that become [MASK] (BERT's 80/10/10; no flag)
     random_token_prob: float = 0.1  # chosen tokens that become a random id
@@ -51,8 +56,8 @@ class MaskConfig:
             raise ConfigError(f"random_token_prob must be in [0, 1 - mask_token_prob], got {self.random_token_prob}")
 
     def slots(self, max_len: int) -> int:
-        """Prediction slots per row of `max_len` tokens."""
-        return self.max_predictions or max(1, int(round(max_len * self.mask_prob)))
+        """Prediction slots per row of `max_len` tokens: --max-predictions, or its default."""
+        return self.max_predictions or default_max_predictions(max_len, self.mask_prob)
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,10 @@ class MaskedBatch:
     num_masked: np.ndarray  # (N,) uint16
 
 
-def prediction_counts(n: np.ndarray, mask_prob: float, max_predictions: int) -> np.ndarray:
-    """k = min(P, max(1, rint(n * p))), capped at n (so 0 when a row has no candidates)."""
-    k = np.maximum(1, np.rint(n * mask_prob).astype(np.int64))
-    return np.minimum(np.minimum(k, max_predictions), n)
+def prediction_counts(length: np.ndarray, n_cand: np.ndarray, mask_prob: float, max_predictions: int) -> np.ndarray:
+    """k = min(P, max(1, rint(length * p))), capped at the candidates (so 0 when a row has none)."""
+    k = np.maximum(1, np.rint(length * mask_prob).astype(np.int64))
+    return np.minimum(np.minimum(k, max_predictions), n_cand)
 
 
 def mask_batch(input_ids: np.ndarray, lengths: np.ndarray, *, cfg: MaskConfig, mask_id: int,
@@ -85,7 +90,7 @@ def mask_batch(input_ids: np.ndarray, lengths: np.ndarray, *, cfg: MaskConfig, m
     input_ids, lengths, is_special, is_continuation = _check_inputs(
         input_ids, lengths, cfg, is_special, is_continuation)
     cand = (np.arange(input_ids.shape[1]) < lengths[:, None]) & ~is_special[input_ids]
-    k = prediction_counts(cand.sum(axis=1), cfg.mask_prob, cfg.max_predictions)
+    k = prediction_counts(lengths, cand.sum(axis=1), cfg.mask_prob, cfg.max_predictions)
     if cfg.whole_word:
         chosen_flat, unit_size = _choose_whole_words(input_ids, cand, k, cfg.max_predictions,
                                                      is_continuation, rng)

@@ -7,23 +7,31 @@ the documents `doc_ids`, in that order; `pack_documents` turns it into a `Packed
 
 Two strategies:
 
-* `segment` (default), after google-research/bert's create_pretraining_data: whole sentences of
-  one document are packed up to a target length; the budget is max_len - 2 (max_len - 3 with
-  NSP). With probability short_seq_prob an example's target is instead uniform in [2, budget],
-  drawn per example (google draws it once per document). A sentence longer than the budget is
-  first cut into budget-sized pieces, so without NSP every token of the chunk lands in exactly one
-  example and no example mixes documents. A sentence longer than a short target is taken whole.
-  With NSP the accumulated sentences are split at a random sentence boundary into A and B
-  (label 1). With probability 0.5 B instead comes from a random other document of
-  `random_doc_pool` (label 0): it starts at a random sentence start and runs up to the rest of the
-  target (at least one token), and A's unused sentences are given back for the next example.
-  When only one sentence was accumulated (it filled the target alone), an is-next B is the
-  document's next sentence; only when there is none is B forced to be random. (google forces a
-  random B for every lone sentence, which skews labels towards 0 where long sentences fill the
-  budget alone: 34% is-next on our test corpus against 46% here.) The pair is then cut to the
-  budget by dropping tokens from the longer side (B on a tie), each from the front or the back
-  at random. When the pool holds no other non-empty document every B is real (label 1): a
-  document's last lone sentence is split at a random token, a last one-token one is dropped.
+* `segment` (default), as google-research/bert's create_pretraining_data builds instances, but
+  losing no token. The budget is max_len - 2 (max_len - 3 with NSP). An example's target is the
+  budget or, with probability short_seq_prob, uniform in [2, budget] (drawn per example; google
+  draws it once per document). Sentences of one document are added until the target is reached
+  or passed (google's fill), and the example is cut at the budget; where google drops what
+  passes the budget, here it is carried: the next example starts with the rest of the cut
+  sentence. So without NSP a document is cut into budget-long examples, each but the last ending
+  where the budget runs out and the last at the document's end (a short target ends its example
+  at the first sentence end past it), and every token of the chunk lands in exactly one example.
+  With NSP the example's sentences are split into A and B at a random sentence end (google's
+  a_end); B is real (label 1) or, with probability 0.5, taken from a random other document of
+  `random_doc_pool` (label 0; never A's own document, which google can pick): google's random
+  B, whole sentences from a random one on until the target is reached or passed. Such a pair
+  is cut to the budget by google's truncate_seq_pair (from the longer side, B on a tie), B's
+  tokens each from the front or back at random and A's from its back; A's cut tail and its
+  unused sentences go back to the document, so they start the next example. A real pair is the
+  example's own tokens up to the budget, cut only at its end and carried: where google trims
+  the longer side, here B alone gives up the excess, so A can be the longer side. Deviations
+  that keep more examples real: a lone sentence that reached the target is followed by the
+  document's next sentence as a real B when it leaves room for one (google forces a random B:
+  44% is-next on the shipped corpus, 48% here), and a sentence that fills the budget alone is
+  split at a random token into A and a real B; only a document's last lone sentence always
+  gets a random B. Tokens lost: none without NSP; with NSP, none of a document's own tokens except a last
+  one-token remainder when the pool holds no other non-empty document (then every B is real).
+  Random Bs' tokens are copies from other documents and are cut freely.
 * `split`: the chunk's documents are one token stream cut into windows of exactly max_len - 2
   tokens, `[CLS] window [SEP]` with no padding; the tail shorter than a window is dropped. With
   NSP the windows are max_len - 3 tokens, split at a random point into A and B; with probability
@@ -37,7 +45,7 @@ step is a bisect); everything per token is vectorized.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,8 +63,9 @@ class PackConfig:
 
     max_len: int = option(128, at_least=8, at_most=4096, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
     strategy: Literal["segment", "split"] = option("segment", help=(
-        "segment: whole sentences of one document, as google-research/bert; split: contiguous windows of exactly "
-        "max-len - 2 tokens (no padding)."))
+        "segment: sentences of one document up to the length, as google-research/bert builds instances, with what "
+        "passes the length carried into the next example; split: contiguous windows of exactly max-len - 2 tokens "
+        "(no padding)."))
     short_seq_prob: float = option(0.1, at_least=0, at_most=1,
                                    help="Share of segment-strategy examples given a random shorter target length.")
     nsp: bool = option(False, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
@@ -167,108 +176,132 @@ def _units(sent_offsets, doc_offsets, doc_ids, piece):
 
 def _pack_segments(ids, sent_offsets, doc_offsets, doc_ids, pool, cfg, special, rng) -> PackedBatch:
     budget = cfg.budget
-    u_start, u_len, doc_end, u_doc = _units(sent_offsets, doc_offsets, doc_ids, budget)
-    n_units = u_len.size
-    # Every example consumes at least one unit, so n_units draws of each kind are enough; drawing
-    # them up front keeps the loop free of rng calls (and the result deterministic).
-    short = rng.random(n_units) < cfg.short_seq_prob
-    targets = np.where(short, rng.integers(2, budget + 1, size=n_units), budget).tolist()
-    cum = np.concatenate([[0], np.cumsum(u_len)]).tolist()
-    doc_end = doc_end.tolist()
-    if not cfg.nsp:
-        starts, ends, u, i = [], [], 0, 0
-        while u < n_units:
-            e = max(bisect_right(cum, cum[u] + targets[i], u + 1, doc_end[u] + 1) - 1, u + 1)
-            starts.append(u)
-            ends.append(e)
-            u, i = e, i + 1
-        starts, ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
-        cum = np.array(cum, dtype=np.int64)
-        a_len = cum[ends] - cum[starts]
-        return _assemble(ids, u_start[starts], a_len, None, None, None, cfg, special)
-    nsp = _NspWalk(sent_offsets, doc_offsets, pool, rng, n_units)
-    rows = nsp.walk(u_start.tolist(), u_len.tolist(), cum, doc_end, u_doc.tolist(), targets, budget)
-    a_start, a_len, b_start, b_len, label = np.array(rows, dtype=np.int64).reshape(-1, 5).T
-    return _assemble(ids, a_start, a_len, b_start, b_len, label, cfg, special)
+    # The units are the chunk's non-empty sentences, whole: a piece larger than any sentence.
+    u_start, u_len, doc_end, u_doc = _units(sent_offsets, doc_offsets, doc_ids, np.iinfo(np.int64).max)
+    cum = np.concatenate([[0], np.cumsum(u_len)])
+    # Positions are counted in the chunk's stream of units; a document's tokens are contiguous in
+    # ids, so stream position x of unit u's document is ids[shift[u] + x].
+    shift = (u_start - cum[:-1]).tolist()
+    draws = _Draws(rng, cfg, int(cum[-1]) // budget + doc_ids.size + 16)
+    cum, doc_end = cum.tolist(), doc_end.tolist()
+    if cfg.nsp:
+        rows = _NspWalk(sent_offsets, doc_offsets, pool, rng).walk(cum, doc_end, shift, u_doc.tolist(), draws, budget)
+        a_start, a_len, b_start, b_len, label = np.array(rows, dtype=np.int64).reshape(-1, 5).T
+        return _assemble(ids, a_start, a_len, b_start, b_len, label, cfg, special)
+    rows, p, u = [], 0, 0
+    while u < len(u_len):
+        e = _fill_end(cum, doc_end, p, u, draws()[0])
+        take = min(budget, cum[e] - p)  # what passes the budget is carried into the next example
+        rows.append((shift[u] + p, take))
+        p += take
+        u = bisect_right(cum, p, u + 1, e + 1) - 1
+    a_start, a_len = np.array(rows, dtype=np.int64).reshape(-1, 2).T
+    return _assemble(ids, a_start, a_len, None, None, None, cfg, special)
+
+
+def _fill_end(cum, doc_end, p, u, target):
+    """The first unit end at or past stream position p + target (google's "reached or passed"),
+    or the end of the document of unit u (which holds p)."""
+    return bisect_left(cum, p + target, u + 1, doc_end[u])
+
+
+def _cuts(la, lb, budget):
+    """Tokens google's truncate_seq_pair removes from A and from B: one at a time from the longer
+    side (B on a tie) until the pair fits the budget."""
+    excess = la + lb - budget
+    if excess <= 0:
+        return 0, 0
+    # Down to equal lengths the longer side alone loses tokens; after that they alternate, B
+    # first (ties go to B), so B takes the odd one.
+    gap_cut = min(excess, abs(la - lb))
+    rest = excess - gap_cut
+    return rest // 2 + (gap_cut if la > lb else 0), rest - rest // 2 + (gap_cut if lb > la else 0)
+
+
+class _Draws:
+    """Each example's random numbers (target length, NSP coin, A/B split, random document and
+    sentence), drawn in blocks: no rng call per example, the same sequence for the same rng."""
+
+    def __init__(self, rng, cfg, block):
+        self.rng, self.cfg, self.block, self.rows = rng, cfg, max(1, block), iter(())
+
+    def __call__(self):
+        row = next(self.rows, None)
+        if row is None:
+            u = self.rng.random((self.block, 6))
+            budget = self.cfg.budget
+            target = np.where(u[:, 0] < self.cfg.short_seq_prob, 2 + (u[:, 1] * (budget - 1)).astype(np.int64), budget)
+            self.rows = zip(target.tolist(), (u[:, 2] < 0.5).tolist(), *u[:, 3:].T.tolist())
+            row = next(self.rows)
+        return row
 
 
 class _NspWalk:
-    """The sequential NSP pairing of `segment` mode, with its random draws made up front."""
+    """The sequential NSP pairing of `segment` mode (the module docstring says how)."""
 
-    def __init__(self, sent_offsets, doc_offsets, pool, rng, n):
+    def __init__(self, sent_offsets, doc_offsets, pool, rng):
         self.sent_offsets, self.doc_offsets, self.rng = sent_offsets, doc_offsets, rng
         sizes = sent_offsets[doc_offsets[pool + 1]] - sent_offsets[doc_offsets[pool]]
         self.pool = pool[sizes > 0].tolist()  # B needs at least one token
-        self.coin = (rng.random(n) < 0.5).tolist()
-        self.split = rng.random(n).tolist()
-        self.pick = rng.integers(0, max(1, len(self.pool)), size=n).tolist()
-        self.where = rng.random(n).tolist()
 
-    def other_doc(self, i, doc):
+    def other_doc(self, pick, doc):
         """A random non-empty pool document other than `doc`, or None if there is none."""
         pool = self.pool
         if not pool or (len(pool) == 1 and pool[0] == doc):
             return None
-        r, tries = pool[self.pick[i]], 0
+        r, tries = pool[int(pick * len(pool))], 0
         while r == doc and tries < 64:  # rare: 1 / len(pool); bounded in case pool repeats doc
             r, tries = pool[int(self.rng.integers(len(pool)))], tries + 1
         return None if r == doc else r
 
-    def random_b(self, i, doc, want):
-        """(start, length) of up to `want` tokens of a random other document from a random
-        sentence start, or None when the pool offers no other document."""
-        r = self.other_doc(i, doc)
+    def random_b(self, pick, where, doc, want):
+        """(start, length) of a random other document's sentences from a random one on, until
+        `want` tokens are reached or passed (at least one sentence, as google), or None when the
+        pool offers no other document."""
+        r = self.other_doc(pick, doc)
         if r is None:
             return None
         s0, s1 = int(self.doc_offsets[r]), int(self.doc_offsets[r + 1])
-        end = int(self.sent_offsets[s1])
-        start = int(self.sent_offsets[s0 + int(self.where[i] * (s1 - s0))])
-        if start == end:  # only empty sentences follow: start at the document's first token
-            start = int(self.sent_offsets[s0])
-        return start, min(want, end - start)
+        s = s0 + int(where * (s1 - s0))
+        start, end = int(self.sent_offsets[s]), int(self.sent_offsets[s1])
+        if start == end:  # only empty sentences follow: start at the document's first sentence
+            s, start = s0, int(self.sent_offsets[s0])
+        ends = self.sent_offsets[s + 1:s1 + 1]
+        k = int(np.searchsorted(ends, start + max(1, want)))
+        return start, (int(ends[k]) if k < ends.size else end) - start
 
-    def walk(self, u_start, u_len, cum, doc_end, u_doc, targets, budget):
-        rows, u, i, n = [], 0, 0, len(u_len)
+    def walk(self, cum, doc_end, shift, u_doc, draws, budget):
+        """Rows (a_start, a_len, b_start, b_len, label) as positions in ids."""
+        rows, p, u, n = [], 0, 0, len(cum) - 1
         while u < n:
-            t = targets[i]
-            e = max(bisect_right(cum, cum[u] + t, u + 1, doc_end[u] + 1) - 1, u + 1)
-            a_end = u + 1 + int(self.split[i] * (e - u - 1))  # in [u + 1, e - 1] when e - u >= 2
-            la = cum[a_end] - cum[u]
-            rb = None
-            # A lone unit with no next unit in its document cannot be followed: random B.
-            if self.coin[i] or (e - u == 1 and e == doc_end[u]):
-                rb = self.random_b(i, u_doc[u], max(1, t - la))
-            if rb is not None:  # random B; A's unused units go back to the pool of this document
-                row, u = (u_start[u], la, rb[0], rb[1], 0), a_end
-            elif e - u >= 2:
-                row, u = (u_start[u], la, u_start[a_end], cum[e] - cum[a_end], 1), e
-            elif e < doc_end[u]:  # a lone unit that fills its target: the next unit is B
-                row, u = (u_start[u], la, u_start[e], u_len[e], 1), e + 1
-            elif la >= 2:  # the document's last unit: split it inside
-                c = 1 + int(self.split[i] * (la - 1))
-                row, u = (u_start[u], c, u_start[u] + c, la - c, 1), e
-            else:  # a lone one-token unit cannot make a pair
-                u, i = e, i + 1
+            target, coin, split, pick, where = draws()
+            e = _fill_end(cum, doc_end, p, u, target)
+            lone = e == u + 1
+            if coin or (lone and e == doc_end[u]):  # random B (a document's last lone sentence has no next)
+                a_end = e if lone else u + 1 + int(split * (e - u - 1))  # A: units u..a_end-1, as google
+                la = cum[a_end] - p
+                rb = self.random_b(pick, where, u_doc[u], target - la)
+                if rb is not None:
+                    cut_a, cut_b = _cuts(la, rb[1], budget)
+                    front = int(self.rng.binomial(cut_b, 0.5))  # B's cut, token by token from front or back
+                    rows.append((shift[u] + p, la - cut_a, rb[0] + front, rb[1] - cut_b, 0))
+                    p += la - cut_a  # A's cut tail and unused sentences go back to the document
+                    u = bisect_right(cum, p, u + 1, a_end + 1) - 1
+                    continue
+            if lone and e < doc_end[u] and cum[e] - p < budget:  # a lone sentence's B: the next one
+                e += 1
+            take = min(budget, cum[e] - p)  # what passes the budget is carried into the next example
+            if e - u >= 2:  # A/B split at a random sentence end inside the example
+                la = cum[u + 1 + int(split * (e - u - 1))] - p
+            elif take >= 2:  # one sentence spans the example: B continues A mid-sentence
+                la = 1 + int(split * (take - 1))
+            else:  # one token that cannot make a pair (the pool holds no other document)
+                p, u = p + 1, u + 1
                 continue
-            rows.append(self._truncate(*row, budget))
-            i += 1
+            rows.append((shift[u] + p, la, shift[u] + p + la, take - la, 1))
+            p += take
+            u = bisect_right(cum, p, u + 1, e + 1) - 1
         return rows
-
-    def _truncate(self, a_start, la, b_start, lb, label, budget):
-        """Cut the pair to the budget from the longer side (B on a tie), as google does token by
-        token, each token from the front or back at random: the count from the front is binomial."""
-        excess = la + lb - budget
-        if excess <= 0:
-            return a_start, la, b_start, lb, label
-        # Down to equal lengths the longer side alone loses tokens; after that they alternate,
-        # B first (ties go to B), so B takes the odd one.
-        gap_cut = min(excess, abs(la - lb))
-        rest = excess - gap_cut
-        cut_a = rest // 2 + (gap_cut if la > lb else 0)
-        cut_b = rest - rest // 2 + (gap_cut if lb > la else 0)
-        front_a = int(self.rng.binomial(cut_a, 0.5))
-        front_b = int(self.rng.binomial(cut_b, 0.5))
-        return a_start + front_a, la - cut_a, b_start + front_b, lb - cut_b, label
 
 
 def _pack_split(ids, sent_offsets, doc_offsets, doc_ids, pool, cfg, special, rng) -> PackedBatch:

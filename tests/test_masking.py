@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertprep.preprocess.masking import MaskConfig, mask_batch
+from bertprep.shards.schema import default_max_predictions
 from bertprep.shards.errors import ConfigError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -44,11 +45,11 @@ def make_rows(rng, n_rows, width, vocab_size, dtype=np.uint16, stray_specials=Tr
     return ids, lengths
 
 
-def ref_count(n: int, p: float, max_pred: int) -> int:
-    """The count rule, written out: Python's round() is round-half-even, like np.rint."""
-    if n == 0:
-        return 0
-    return min(max_pred, max(1, round(n * p)), n)
+def ref_count(length: int, n_cand: int, p: float, max_pred: int) -> int:
+    """google's num_to_predict, min(max_pred, max(1, int(round(len(tokens) * p)))) with the row's
+    real tokens, specials included, as len(tokens); never more than the candidates. Python's
+    round() is round-half-even, like np.rint."""
+    return min(max_pred, max(1, int(round(length * p))), n_cand)
 
 
 def ref_words(row, length, is_special, is_cont) -> list[list[int]]:
@@ -77,7 +78,7 @@ def check_batch(ids, lengths, out, cfg, is_special, is_cont):
         row, n = ids[i], int(lengths[i])
         words = ref_words(row, n, is_special, is_cont)
         n_cand = sum(len(w) for w in words)
-        k = ref_count(n_cand, cfg.mask_prob, cfg.max_predictions)
+        k = ref_count(n, n_cand, cfg.mask_prob, cfg.max_predictions)
         m = int(out.num_masked[i])
         pos = out.masked_positions[i, :m].astype(int)
         assert np.all(out.masked_positions[i, m:] == 0) and np.all(out.masked_ids[i, m:] == 0)
@@ -139,7 +140,7 @@ def test_whole_word_without_continuations_takes_exactly_k(seed, p, max_pred):
     out = mask_batch(ids, lengths, cfg=cfg, mask_id=MASK, is_special=is_special,
                      is_continuation=is_cont, rng=rng)
     n_cand = ((np.arange(48) < lengths[:, None]) & ~is_special[ids]).sum(axis=1)
-    assert out.num_masked.tolist() == [ref_count(int(n), p, max_pred) for n in n_cand]
+    assert out.num_masked.tolist() == [ref_count(int(n), int(c), p, max_pred) for n, c in zip(lengths, n_cand)]
 
 
 @settings(max_examples=30, deadline=None)
@@ -171,11 +172,29 @@ def test_rint_rounds_half_to_even():
     """n * p == 2.5 gives 2 and 3.5 gives 4: np.rint, documented in the module."""
     is_special, is_cont = vocab(50, 0.0)
     ids = np.full((2, 12), 10, dtype=np.uint16)
-    lengths = np.array([5, 7])  # n = 5 and 7 candidates (no [CLS]/[SEP] here)
+    lengths = np.array([5, 7])  # 5 and 7 tokens, all candidates (no [CLS]/[SEP] here)
     cfg = MaskConfig(mask_prob=0.5, max_predictions=10)
     out = mask_batch(ids, lengths, cfg=cfg, mask_id=MASK, is_special=is_special,
                      is_continuation=is_cont, rng=np.random.default_rng(0))
     assert out.num_masked.tolist() == [2, 4]
+
+
+def test_count_includes_cls_and_sep_as_google():
+    """[CLS] + 8 tokens + [SEP]: google's count is round(10 * 0.15) = 2, not round(8 * 0.15) = 1."""
+    is_special, is_cont = vocab(50, 0.0)
+    ids = np.array([[CLS, *range(10, 18), SEP]], dtype=np.uint16)
+    out = mask_batch(ids, np.array([10]), cfg=MaskConfig(), mask_id=MASK, is_special=is_special,
+                     is_continuation=is_cont, rng=np.random.default_rng(0))
+    assert out.num_masked.tolist() == [2] and out.masked_positions.shape == (1, 5)
+
+
+def test_default_slots_are_google_and_nvidia_values():
+    assert [MaskConfig().slots(n) for n in (64, 128, 256, 512)] == [10, 20, 40, 80]
+    assert MaskConfig(mask_prob=0.3).slots(128) == 40 and MaskConfig(max_predictions=7).slots(128) == 7
+    for max_len in range(8, 1025):
+        for p in (0.05, 0.15, 0.2, 0.3, 0.5, 0.9):
+            slots = default_max_predictions(max_len, p)
+            assert round(max_len * p) <= slots <= max_len and (slots % 5 == 0 or slots == max_len)
 
 
 def big_batch(whole_word: bool, seed: int = 1):

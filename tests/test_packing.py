@@ -2,7 +2,8 @@
 
 Token stores are built synthetically with every token id unique (id = position + OFFSET), so each
 packed token says where in the store it came from. Hypothesis varies the store, the length and the
-strategy; NSP label balance is checked on a larger corpus.
+strategy; `segment`'s fill is compared with a written-out reference of google's loop (with the cut
+carried over); NSP label balance is checked on a larger corpus.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bertprep.preprocess.packing import PackConfig, SpecialIds, _NspWalk, pack_documents
+from bertprep.preprocess import packing
+from bertprep.preprocess.packing import PackConfig, SpecialIds, _cuts, pack_documents
 from bertprep.shards.errors import ConfigError, InputError
 
 SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
@@ -80,6 +82,39 @@ store_params = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 25), st.integ
                          st.sampled_from([0.0, 0.1, 1.0]))
 
 
+def ref_segment(docs, targets, budget):
+    """google's create_instances_from_document fill without NSP, with the cut carried over: add a
+    document's sentences until the target is reached or passed or the document ends, keep the
+    first `budget` tokens, and put the rest back as the next example's first sentence."""
+    out, targets = [], iter(targets)
+    for sentences in docs:
+        units, chunk = [u for u in sentences if len(u)], []
+        while units:
+            if not chunk:  # a new example: its target
+                target = next(targets)
+            chunk += units.pop(0)
+            if len(chunk) >= target or not units:
+                out.append(chunk[:budget])
+                if len(chunk) > budget:
+                    units.insert(0, chunk[budget:])
+                chunk = []
+    return out
+
+
+def doc_sentences(sent_offsets, doc_offsets, d):
+    return [list(range(sent_offsets[s], sent_offsets[s + 1])) for s in range(doc_offsets[d], doc_offsets[d + 1])]
+
+
+class FixedTargets:
+    """Stands in for packing._Draws: the given target lengths, one per example."""
+
+    def __init__(self, targets):
+        self.targets = iter(targets)
+
+    def __call__(self):
+        return next(self.targets), False, 0.5, 0.5, 0.5
+
+
 @settings(max_examples=80, deadline=None)
 @given(store_params)
 def test_segment_keeps_every_token_once_in_order_within_one_document(params):
@@ -91,28 +126,42 @@ def test_segment_keeps_every_token_once_in_order_within_one_document(params):
     pairs = split_rows(pack(store, doc_ids, cfg, seed), cfg)
     got = np.concatenate([a for a, _ in pairs] + [np.zeros(0, np.int64)])
     assert np.array_equal(got, chunk_stream(sent_offsets, doc_offsets, doc_ids))
-    sent_starts = set(sent_offsets.tolist())
+    sent_ends = set(sent_offsets.tolist())
     for a, _ in pairs:
         assert contiguous(a) and np.unique(doc_of_pos(a, sent_offsets, doc_offsets)).size == 1
-        # Rows start at a sentence start or at a budget-sized piece of a long sentence.
-        s = np.searchsorted(sent_offsets, a[0], side="right") - 1
-        assert a[0] in sent_starts or (a[0] - sent_offsets[s]) % cfg.budget == 0
+        # An example ends where the budget runs out or at a sentence end (its target, its document's end).
+        assert a.size == cfg.budget or a[-1] + 1 in sent_ends
+
+
+@settings(max_examples=60, deadline=None)
+@given(store_params, st.integers(0, 2**32 - 1))
+def test_segment_is_googles_fill_with_the_cut_carried(params, target_seed):
+    seed, n_docs, max_len, _ = params
+    store = make_store(seed, n_docs)
+    _, sent_offsets, doc_offsets = store
+    cfg = PackConfig(max_len=max_len)
+    targets = np.random.default_rng(target_seed).integers(2, cfg.budget + 1, size=10_000).tolist()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(packing, "_Draws", lambda rng, cfg, block: FixedTargets(targets))
+        pairs = split_rows(pack(store, np.arange(n_docs), cfg, seed), cfg)
+    docs = [doc_sentences(sent_offsets, doc_offsets, d) for d in range(n_docs)]
+    assert [a.tolist() for a, _ in pairs] == ref_segment(docs, targets, cfg.budget)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(8, 80))
-def test_segment_fills_each_example_up_to_the_budget(seed, max_len):
-    """Without short targets, the next sentence of the same document would not have fitted."""
+def test_segment_without_short_targets_cuts_each_document_into_full_examples(seed, max_len):
+    """Every target is the budget: each document becomes budget-long examples, the last one ending
+    at the document's end."""
     store = make_store(seed, 12)
     _, sent_offsets, doc_offsets = store
     cfg = PackConfig(max_len=max_len, short_seq_prob=0.0)
     pairs = split_rows(pack(store, np.arange(12), cfg, seed), cfg)
-    docs = [doc_of_pos(a[:1], sent_offsets, doc_offsets)[0] for a, _ in pairs]
-    for (a, _), (nxt, _), d, d_next in zip(pairs, pairs[1:], docs, docs[1:]):
-        if d == d_next:
-            s = np.searchsorted(sent_offsets, nxt[0], side="right") - 1
-            unit = min(sent_offsets[s + 1] - nxt[0], cfg.budget)
-            assert a.size + unit > cfg.budget
+    expected = []
+    for d in range(12):
+        tokens = np.arange(sent_offsets[doc_offsets[d]], sent_offsets[doc_offsets[d + 1]])
+        expected += [tokens[i:i + cfg.budget].tolist() for i in range(0, tokens.size, cfg.budget)]
+    assert [a.tolist() for a, _ in pairs] == expected
 
 
 @settings(max_examples=60, deadline=None)
@@ -146,31 +195,54 @@ def test_segment_nsp_pairs(params):
     _, sent_offsets, doc_offsets = store
     cfg = PackConfig(max_len=max_len, short_seq_prob=short, nsp=True)
     batch = pack(store, np.arange(n_docs), cfg, seed)
-    for (a, b), label in zip(split_rows(batch, cfg), batch.nsp_label):
+    pairs = split_rows(batch, cfg)
+    starts = set(sent_offsets.tolist())
+    for (a, b), label in zip(pairs, batch.nsp_label):
         assert contiguous(a) and contiguous(b) and a.size + b.size <= cfg.budget
         a_doc, b_doc = (np.unique(doc_of_pos(x, sent_offsets, doc_offsets)) for x in (a, b))
         assert a_doc.size == 1 and b_doc.size == 1
-        if label == 1:
-            assert a_doc[0] == b_doc[0] and b[0] > a[-1]
+        if label == 1:  # B is what follows A, split at a sentence end when one lies inside
+            assert a_doc[0] == b_doc[0] and b[0] == a[-1] + 1
+            assert b[0] in starts or not starts & set(range(a[0] + 1, b[-1] + 1))
         else:
             assert label == 0 and a_doc[0] != b_doc[0]
+    # Nothing of a document's own is lost: its tokens are, in order, the As and real Bs (a
+    # one-token remainder that cannot make a pair is dropped only without a second document).
+    sizes = np.diff(sent_offsets[doc_offsets])
+    if (sizes > 0).sum() >= 2:
+        own = [x for (a, b), label in zip(pairs, batch.nsp_label) for x in ((a, b) if label else (a,))]
+        got = np.concatenate(own + [np.zeros(0, np.int64)])
+        assert np.array_equal(got, chunk_stream(sent_offsets, doc_offsets, np.arange(n_docs)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(8, 80))
+def test_segment_nsp_random_b_is_googles(seed, max_len):
+    """A random B is whole sentences of another document from a sentence start until the target
+    is reached (or its document ends), cut by truncate_seq_pair: with targets at the budget, a
+    pair falls short of the budget only where B's document ended."""
+    store = make_store(seed, 20)
+    ids, sent_offsets, doc_offsets = store
+    cfg = PackConfig(max_len=max_len, short_seq_prob=0.0, nsp=True)
+    batch = pack(store, np.arange(20), cfg, seed)
+    doc_end = sent_offsets[doc_offsets[1:]]
+    for (a, b), label in zip(split_rows(batch, cfg), batch.nsp_label):
+        if label == 0 and a.size + b.size < cfg.budget:
+            assert b[-1] + 1 == doc_end[doc_of_pos(b[-1:], sent_offsets, doc_offsets)[0]]
 
 
 @given(st.integers(1, 200), st.integers(1, 200), st.integers(5, 150))
 def test_truncation_matches_token_by_token_reference(la, lb, budget):
-    """The closed-form cut equals google's loop: drop one token from the longer side (B on a
-    tie) until the pair fits; the kept tokens stay a contiguous part of each side."""
+    """The closed-form cut equals google's truncate_seq_pair loop: drop one token from the longer
+    side (B on a tie) until the pair fits."""
     ref_a, ref_b = la, lb
     while ref_a + ref_b > budget:
         if ref_a > ref_b:
             ref_a -= 1
         else:
             ref_b -= 1
-    walk = _NspWalk(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64),
-                    np.random.default_rng(la * 1000 + lb), 0)
-    a_start, a, b_start, b, _ = walk._truncate(1000, la, 5000, lb, 1, budget)
-    assert (a, b) == (ref_a, ref_b)
-    assert 1000 <= a_start and a_start + a <= 1000 + la and 5000 <= b_start and b_start + b <= 5000 + lb
+    cut_a, cut_b = _cuts(la, lb, budget)
+    assert (la - cut_a, lb - cut_b) == (ref_a, ref_b)
 
 
 def test_nsp_labels_are_roughly_balanced():

@@ -75,9 +75,12 @@ def test_mask_rate_and_80_10_10_hold_on_a_real_corpus(token_store, tmp_path):
     cols, meta = load_split(tmp_path, "train")
     vocab = vocab_of(token_store)
     is_special = np.array([t.startswith("[") and t.endswith("]") for t in vocab[: meta["vocab_size"]]])
-    real = (cols["length"].astype(int) - 2)
+    length = cols["length"].astype(int)
+    real = length - 2
     k = cols["num_masked"].astype(int)
-    expected = np.minimum(meta["max_predictions"], np.maximum(1, np.rint(real * 0.15))).astype(int)
+    assert meta["max_predictions"] == 20  # google's max_predictions_per_seq at 128
+    # google's count: round(0.15 x all tokens, [CLS] and [SEP] included)
+    expected = np.minimum(meta["max_predictions"], np.maximum(1, np.rint(length * 0.15))).astype(int)
     assert (k == np.minimum(expected, real)).all()
     slots = np.arange(meta["max_predictions"])[None, :] < k[:, None]
     rows = np.repeat(np.arange(len(k)), k)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bertprep.shards import options
 from bertprep.shards.errors import ConfigError
+from bertprep.shards.schema import default_max_predictions
 from bertprep.trainer.config import TrainConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -143,7 +144,7 @@ def phase_index(init_from: str | None) -> int:
 
 PAPER_EPOCHS = 40       # "approximately 40 epochs over the 3.3 billion word corpus"
 TOKENS_PER_BYTE = 0.2   # WordPiece on English text: ~478k tokens from the 2.5 MB demo corpus (0.19)
-FILL = 0.8              # share of real tokens in a segment-packed example (README: 20-30% padding)
+FILL = 0.91             # share of real tokens in a segment-packed example (bench/README.md: ~9% padding)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def plan(recipe: Recipe, corpus: list[str], *, data_defaults: dict, tokens: int 
             if data[key] != data_defaults[key]:
                 cmd += f" --{key} {data[key]}"
         cmd += f" --dupe-factor {dupe} --split-seed 0"
-        slots = p.max_predictions or round(p.max_len * float(data["mask-prob"]))
+        slots = p.max_predictions or default_max_predictions(p.max_len, float(data["mask-prob"]))
         size = examples * dupe * (3 * p.max_len + 4 * slots + 6)  # uint16 ids, uint8 segments, uint16 targets
         steps_list.append(Step(
             f"Shard at {p.max_len} tokens for phase {i} ({dupe} differently masked cop{'y' if dupe == 1 else 'ies'}, "

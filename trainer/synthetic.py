@@ -16,7 +16,7 @@ import numpy as np
 
 from bertprep.shards.arrow_ipc import ArrowShardWriter
 from bertprep.shards.naming import ShardName
-from bertprep.shards.schema import FORMAT_NAME, FORMAT_VERSION, id_dtype
+from bertprep.shards.schema import FORMAT_NAME, FORMAT_VERSION, default_max_predictions, id_dtype
 
 SPECIALS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 FIRST_WORD = 5
@@ -27,7 +27,8 @@ def synthetic_meta(*, max_len: int, vocab_size: int, nsp: bool, split: str = "tr
                    seed: int = 1, max_predictions: int | None = None) -> dict:
     return {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "max_len": max_len,
-        "max_predictions": max_predictions or max(1, round(max_len * 0.15)), "seed": seed, "strategy": "segment",
+        "max_predictions": max_predictions or default_max_predictions(max_len, 0.15), "seed": seed,
+        "strategy": "segment",
         "mask_prob": 0.15, "whole_word": False, "nsp": nsp, "vocab_size": vocab_size,
         "id_dtype": id_dtype(vocab_size).name, "special_ids": dict(SPECIALS), "tokenizer_sha256": "0" * 64,
         "label": label, "split": split,
