@@ -347,7 +347,7 @@ class ShardStream:
             raise ConfigError(f"loader state version {state.get('version')!r}, this trainer reads {STATE_VERSION}: "
                               f"the checkpoint is of an older bertprep; start a new phase from it with --init-from")
         mine = self.state_dict(0)
-        for key in ("global_batch", "seed", "shuffle", "overfit_batches", "sources", "files", "rows"):
+        for key in ("files", "rows", "sources", "global_batch", "seed", "shuffle", "overfit_batches"):
             if state.get(key) != mine[key]:
                 raise ConfigError(
                     f"cannot resume: the checkpoint's data plan has {key}={_short(state.get(key))} but this run has "
