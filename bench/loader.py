@@ -53,9 +53,8 @@ def quality(files: np.ndarray, positions: np.ndarray) -> dict:
     n = len(files) // 1000 * 1000
     distinct = float(np.mean([len(np.unique(w)) for w in files[:n].reshape(-1, 1000)]))
     m = len(positions) // B * B
-    pos = positions[:m].astype(np.float64).reshape(-1, B)
-    pos = np.random.default_rng(0).permuted(pos, axis=1).ravel()
-    near = np.abs(np.diff(positions[:m].astype(np.int64))) <= 8
+    pos = np.random.default_rng(0).permuted(positions[:m].astype(np.int64).reshape(-1, B), axis=1).ravel()
+    near = np.abs(np.diff(pos)) <= 8
     return {"files_per_1000": distinct, "corr_neighbours": float(np.corrcoef(pos[:-1], pos[1:])[0, 1]),
             "near_neighbours": float(near.mean())}
 
@@ -91,14 +90,16 @@ def _columns(shards) -> list[dict]:
 
 def _measure_iter(make_iter, seconds: float) -> tuple[float, np.ndarray, np.ndarray]:
     """Samples/s of an iterator of samples or batches (dicts), and the first QUALITY_N (file, pos)."""
-    files, pos = [], []
+    files, pos, kept = [], [], 0
     it = make_iter()
+    next(it)  # start-up (index files, worker processes) is not counted in samples/s
     n, t0 = 0, time.perf_counter()
     for item in it:
         f, p = np.atleast_1d(np.asarray(item["file"])), np.atleast_1d(np.asarray(item["pos"]))
-        if len(files) * B < QUALITY_N:
+        if kept < QUALITY_N:
             files.append(f)
             pos.append(p)
+            kept += len(f)
         n += len(f)
         if time.perf_counter() - t0 > seconds:
             break
@@ -106,7 +107,34 @@ def _measure_iter(make_iter, seconds: float) -> tuple[float, np.ndarray, np.ndar
     return n / dt, np.concatenate(files), np.concatenate(pos)
 
 
+def _without_torchvision() -> None:
+    """`import streaming` imports its image datasets, which import torchvision; this venv's CPU
+    torch has no matching torchvision wheel (the registry's is a CUDA build that fails to load), and
+    the MDS path measured here never touches images: stand-ins for the two names it imports."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    tv, datasets, transforms, functional = (types.ModuleType(n) for n in (
+        "torchvision", "torchvision.datasets", "torchvision.transforms", "torchvision.transforms.functional"))
+    datasets.VisionDataset = type("VisionDataset", (), {})
+    datasets.CIFAR10 = type("CIFAR10", (), {})
+    functional.to_tensor = lambda x: torch.as_tensor(np.asarray(x))
+    tv.datasets, tv.transforms, transforms.functional = datasets, transforms, functional
+    stand_ins = {m.__name__: m for m in (tv, datasets, transforms, functional)}
+    for m in stand_ins.values():
+        m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
+    sys.modules.update(stand_ins)
+    import streaming  # noqa: F401  (keeps what it imported)
+    for name in stand_ins:  # gone again: other packages probe for torchvision
+        del sys.modules[name]
+
+
 def mosaic(examples, folder: Path, seconds: float) -> dict:
+    _without_torchvision()
     from streaming import MDSWriter, StreamingDataset
 
     out = folder / "mds"
@@ -117,7 +145,7 @@ def mosaic(examples, folder: Path, seconds: float) -> dict:
             w.write(ex)
     res = {}
     for workers in (0, 2):
-        ds = StreamingDataset(local=str(out), shuffle=True, shuffle_seed=1, batch_size=B)
+        ds = StreamingDataset(local=str(out), shuffle=True, shuffle_seed=1, batch_size=B)  # default py1e shuffle
         if workers == 0:
             rate, f, p = _measure_iter(lambda: iter(ds), seconds)
         else:

@@ -6,6 +6,8 @@ locating step 10^6 of a 10^9-example plan is O(1)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from bertprep.shards.errors import ConfigError
 from bertprep.trainer.mixture import Interleave, Source, integer_weights, parse_mix
 from bertprep.trainer.stream import ShardStream, StreamConfig, split_global_batch
+from bertprep.trainer.synthetic import write_synthetic_shards
 
 
 class FakeShard:
@@ -183,3 +186,48 @@ def test_resume_at_step_a_million_of_a_billion_examples_is_instant():
     elapsed = time.perf_counter() - t0
     assert start == 2 * 10**6 and files.shape == (2, 128)
     assert elapsed < 1.0, f"{elapsed:.2f} s to resume at step 10^6"
+
+
+def test_mix_is_a_repeatable_flag_and_a_toml_list(tmp_path):
+    from bertprep.trainer.run import parse_config
+
+    cfg = parse_config(["--mix", "a=x/train_*:0.7", "--mix", "b=y/train_*:0.3", "--shuffle", "global",
+                        "--global-batch-size", "64"])
+    assert cfg.data.mix == ("a=x/train_*:0.7", "b=y/train_*:0.3") and cfg.data.shards == ()
+    assert (cfg.data.shuffle, cfg.data.global_batch_size) == ("global", 64)
+    toml = tmp_path / "run.toml"
+    toml.write_text('mix = ["a=x/train_*:1", "b=y/train_*:2"]\nglobal-batch-size = 64\n')
+    assert parse_config(["--config", str(toml)]).data.mix == ("a=x/train_*:1", "b=y/train_*:2")
+    assert parse_config(["--config", str(toml), "--mix", "c=z/train_*:1"]).data.mix == ("c=z/train_*:1",)
+    with pytest.raises(ConfigError, match="--shards .* or --mix .*not both"):
+        parse_config(["--config", str(toml), "--shards", str(toml)])
+    with pytest.raises(ConfigError, match="--grad-accum is derived"):
+        parse_config(["--config", str(toml), "--grad-accum", "2"])
+
+
+def test_a_mixed_globally_shuffled_run_resumes_exactly_and_logs_each_source(tmp_path):
+    from bertprep.trainer.config import train_config
+    from bertprep.trainer.run import train
+    from conftest import train_losses
+
+    for name, rows in (("a", [150, 90]), ("b", [120])):
+        write_synthetic_shards(tmp_path / name, rows=rows, nsp=True, label=name)
+        write_synthetic_shards(tmp_path / name, rows=[40], nsp=True, split="val", label=name)
+    mix = (f"a={tmp_path}/a/train_*:0.7", f"b={tmp_path}/b/train_*:0.3")
+    flags = dict(mix=mix, shuffle="global", global_batch_size=16, batch_size=8, model="tiny", layers=1, hidden=32,
+                 heads=2, ffn=64, lr=3e-3, warmup_steps=2, log_interval=1, val_interval=8, val_batches=2,
+                 val_examples=0, ckpt_interval=4, seed=5, trace_data=True, quiet=True, tensorboard=False)
+    whole = tmp_path / "whole"
+    train(train_config(**flags, max_steps=8, out=str(whole)))
+    part = tmp_path / "part" / "checkpoints"  # resumed from the whole run's step 4
+    part.mkdir(parents=True)
+    shutil.copy(whole / "checkpoints" / "step_00000004.pt", part)
+    train(train_config(**flags, max_steps=8, out=str(part.parent), resume=True))
+    assert train_losses(part.parent) == {s: v for s, v in train_losses(whole).items() if s > 4}
+    traced = (whole / "trace" / "rank0.txt").read_text().splitlines()
+    assert (part.parent / "trace" / "rank0.txt").read_text().splitlines() == traced[4 * 2:]
+    assert any(len({tok.split(":")[0] for tok in line.split()[1:]}) > 1 for line in traced)  # --shuffle global
+    recs = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_a", "mlm_loss_a"} <= set(recs[0]) | set(recs[1])
+    val = next(r for r in recs if "val_loss" in r)
+    assert {"val_loss_a", "val_loss_b", "val_mlm_acc_a"} <= set(val)

@@ -193,8 +193,9 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
                                              "micro_batch": micro, "grad_accum": accum, "phase": phase})
     log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
             f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
-            f"{stream.batches_per_epoch} steps/epoch of {stream.G} examples ({d.world_size} rank(s) x {micro} x "
-            f"{accum} micro-steps) on {d.device.type}, run {run_dir}")
+            f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
+    if cfg.data.global_batch_size:
+        log.say(f"global batch {stream.G}: {d.world_size} rank(s) x {micro} examples x {accum} micro-step(s)")
     if len(stream.sources) > 1:
         log.say("mixture: " + ", ".join(f"{s.name} {w}/{stream.interleave.period} of the steps ({s.files} file(s), "
                                          f"{p.per_epoch} steps/epoch)"
@@ -508,11 +509,15 @@ class _Run:
         dist.barrier(self.d)
 
     def _tracer(self):
-        """--trace-data: each batch's rows to <run>/trace/rank<r>.txt as `index file row row ...`."""
+        """--trace-data: each batch's rows to <run>/trace/rank<r>.txt as `index file row row ...`
+        (`index file:row file:row ...` under --shuffle global, where a batch reads several files)."""
         folder = self.run_dir / "trace"
         folder.mkdir(parents=True, exist_ok=True)
         self.trace = open(folder / f"rank{self.d.rank}.txt", "a", encoding="utf-8")
 
-        def record(index: int, f: int, rows: np.ndarray) -> None:
-            self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
+        def record(index: int, f, rows: np.ndarray) -> None:
+            if np.ndim(f):
+                self.trace.write(f"{index} {' '.join(f'{a}:{b}' for a, b in zip(f.tolist(), rows.tolist()))}\n")
+            else:
+                self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
         return record
