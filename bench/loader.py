@@ -1,15 +1,16 @@
 """Loader: our stream next to MosaicML streaming and LitData on the same examples, samples/s and
 shuffle quality side by side (issue 21; figures in bench/README.md, section "Loader").
 
-    python -m bench.loader                       # 4 files x 25,000 examples, seq 128, vocab 30,522
-    python -m bench.loader --rows 10000 --json out.json
+    python -m bench.loader                       # 16 files x 3,125 examples, seq 128, vocab 30,522
+    python -m bench.loader --rows 1000 --json out.json
 
-The examples are synthetic shards (trainer/synthetic.py): 4 files, two sources of two files each.
+The examples are synthetic shards (trainer/synthetic.py): 16 files, two sources of 8 files each.
 The same examples (every column, plus their position) are written into MosaicML's MDS and
 LitData's chunk format, so all three read the same bytes' worth of data. Each side hands out
 batches of 32:
 - ours: `ShardStream` through the `Prefetcher` ring (what the trainer runs), in three orders:
-  --shuffle file, --shuffle global, and global with a 0.7/0.3 --mix of the two sources;
+  --shuffle file, --shuffle global, and global with a 0.7/0.3 --mix of the two sources (measured
+  in alternating rounds before and after the peers, the median kept: the machine is shared);
 - MosaicML `StreamingDataset(shuffle=True)` and LitData `StreamingDataset(shuffle=True)`, iterated
   in-process and through a torch `DataLoader` with 2 workers (their documented way).
 Shuffle quality, per order, from the first 20,000 examples handed out: how many distinct files a
@@ -60,7 +61,8 @@ def quality(files: np.ndarray, positions: np.ndarray) -> dict:
 
 
 def ours(shards, sizes, order: str, mix: bool, seconds: float) -> dict:
-    sources = [Source("a", 2, 0.7), Source("b", 2, 0.3)] if mix else None
+    half = len(shards) // 2
+    sources = [Source("a", half, 0.7), Source("b", len(shards) - half, 0.3)] if mix else None
     stream = ShardStream(shards, StreamConfig(batch_size=B, seed=1, order=order), sources)
     start = np.concatenate([[0], np.cumsum(sizes)])
     _, f, r = stream.examples(np.arange(QUALITY_N // B))
@@ -111,6 +113,7 @@ def _without_torchvision() -> None:
     """`import streaming` imports its image datasets, which import torchvision; this venv's CPU
     torch has no matching torchvision wheel (the registry's is a CUDA build that fails to load), and
     the MDS path measured here never touches images: stand-ins for the two names it imports."""
+    import importlib
     import importlib.machinery
     import importlib.util
     import sys
@@ -128,7 +131,7 @@ def _without_torchvision() -> None:
     for m in stand_ins.values():
         m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
     sys.modules.update(stand_ins)
-    import streaming  # noqa: F401  (keeps what it imported)
+    importlib.import_module("streaming")  # it keeps what it imported
     for name in stand_ins:  # gone again: other packages probe for torchvision
         del sys.modules[name]
 
@@ -152,7 +155,6 @@ def mosaic(examples, folder: Path, seconds: float) -> dict:
             loader = torch.utils.data.DataLoader(ds, batch_size=B, num_workers=workers)
             rate, f, p = _measure_iter(lambda: iter(loader), seconds)
         res[f"workers_{workers}"] = {"samples_per_s": rate} | quality(f, p)
-        del ds
     return res
 
 
@@ -186,23 +188,29 @@ def _litdata_sample(arg):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=25_000, help="examples per file (4 files)")
+    ap.add_argument("--rows", type=int, default=3125, help="examples per file")
+    ap.add_argument("--files", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=5.0, help="time per throughput measurement")
     ap.add_argument("--peers", default="mosaic,litdata", help="comma-separated: mosaic, litdata (or '')")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load": os.getloadavg()[0], "rows": 4 * args.rows, "batch": B}
+               "load": os.getloadavg()[0], "rows": args.files * args.rows, "batch": B}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = write_synthetic_shards(folder / "shards", rows=[args.rows] * 4, max_len=128, vocab_size=30522,
+        paths = write_synthetic_shards(folder / "shards", rows=[args.rows] * args.files, max_len=128, vocab_size=30522,
                                        batch=5000)
         shards = open_shards(paths)
         sizes = np.array([s.num_examples for s in shards])
-        for name, order, mix in (("ours file", "file", False), ("ours global", "global", False),
-                                 ("ours global+mix", "global", True)):
-            results[name] = ours(shards, sizes, order, mix, args.seconds)
-            print(name, json.dumps(results[name]), flush=True)
+        orders = (("ours file", "file", False), ("ours global", "global", False), ("ours global+mix", "global", True))
+        rounds: dict[str, list] = {name: [] for name, _, _ in orders}
+
+        def measure_ours():  # before and after the peers: a shared machine's load moves
+            for _ in range(2):
+                for name, order, mix in orders:
+                    rounds[name].append(ours(shards, sizes, order, mix, args.seconds / 4))
+
+        measure_ours()
         peers = [p for p in args.peers.split(",") if p]
         if peers:
             examples = _columns(shards)
@@ -211,6 +219,11 @@ def main(argv=None) -> int:
                 run = {"mosaic": mosaic, "litdata": litdata_side}[peer]
                 results[peer] = run(examples, folder, args.seconds)
                 print(peer, json.dumps(results[peer]), flush=True)
+            measure_ours()
+        for name, runs in rounds.items():
+            results[name] = runs[0] | {"samples_per_s": float(np.median([r["samples_per_s"] for r in runs])),
+                                       "rounds": [r["samples_per_s"] for r in runs]}
+            print(name, json.dumps(results[name]), flush=True)
     results["load_after"] = os.getloadavg()[0]
     best = max((r[w]["samples_per_s"] for p in ("mosaic", "litdata") if p in results for w, r in
                 [(k, results[p]) for k in results[p]]), default=None)
