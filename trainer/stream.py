@@ -305,8 +305,9 @@ class ShardStream:
                 for b in range(count)]
 
     def _read(self, files: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The columns of rows (file, row) in the order given, one `take` per file."""
-        order = np.argsort(files, kind="stable")
+        """The columns of rows (file, row) in the order given, one `take` per file, of its rows in
+        ascending order (neighbouring pages of the map, whichever batches they belong to)."""
+        order = np.lexsort((rows, files))
         bounds = np.flatnonzero(np.diff(files[order])) + 1
         out: dict[str, np.ndarray] = {}
         for sel in np.split(order, bounds):
