@@ -55,7 +55,8 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, short:
     flag: the flag's name when it is not the field's (`--format` for `fmt`); short: an extra short
     name (`-o`); negative: the off switch of a boolean shown as a pair (`--cased`); metavar: the
     placeholder in help; sep: a tuple given as one separated string (`--seeds 1,2,3`); nargs: a
-    tuple given as several words (`--shards a b`, argparse only; in click a tuple is repeatable).
+    tuple given as several words (`--shards a b`, argparse only; in click a tuple is repeatable;
+    "repeat": several words, and the flag may be given again to add more: `--mix a --mix b`).
     at_least / above and at_most / below: a number's closed / open bounds, checked by `check`."""
     if at_least is not None and above is not None or at_most is not None and below is not None:
         raise TypeError("give one lower bound (at_least or above) and one upper bound (at_most or below)")
@@ -390,6 +391,20 @@ def click_params(cls, *, skip: tuple[str, ...] = ()) -> list:
     return [param(x) for x in flags(cls) if x.dest not in skip]
 
 
+def _repeat_action():
+    import argparse
+
+    class Repeat(argparse.Action):
+        """`--mix a --mix b c` -> [a, b, c]; the command line's first use replaces a --config default."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            before = getattr(namespace, self.dest)
+            before = [] if before is self.default or before is None else before  # the default: replaced
+            setattr(namespace, self.dest, list(before) + list(values))
+
+    return Repeat
+
+
 def add_arguments(parser, cls, *, groups: bool = True) -> None:
     """argparse arguments for every flag of `cls`, a group per component (its docstring's first line)."""
     import argparse
@@ -398,6 +413,8 @@ def add_arguments(parser, cls, *, groups: bool = True) -> None:
         kw: dict[str, Any] = dict(dest=x.dest, help=x.help)
         if x.type is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=x.default)
+        elif x.many and x.meta["nargs"] == "repeat":
+            kw.update(nargs="+", action=_repeat_action(), metavar=x.meta["metavar"] or "PATH")
         elif x.many:  # several words; None when not given, so the field's default applies
             kw.update(nargs=x.meta["nargs"] or "*", metavar=x.meta["metavar"] or "PATH")
         elif x.choices is not None:

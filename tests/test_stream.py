@@ -124,7 +124,7 @@ def test_resume_gives_the_batch_that_came_next(shard_files):
         first = [feed.next() for _ in range(25)]  # crosses an epoch boundary
         state = feed.state_dict()
         after = [feed.next() for _ in range(7)]
-    assert state["next_batch"] == 25 and state["version"] == 1
+    assert state["next_batch"] == 25 and state["version"] == 2
     fresh = ShardStream(open_shards(shard_files), cfg)
     start = fresh.load_state_dict(state)
     with Prefetcher(fresh, torch.device("cpu"), start=start) as feed:
@@ -150,8 +150,9 @@ def test_prefetcher_hands_out_the_streams_batches_widened(shard_files):
 def test_loader_state_refuses_another_plan(shard_files):
     shards = open_shards(shard_files)
     state = ShardStream(shards, StreamConfig(batch_size=8, seed=5)).state_dict(10)
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(ConfigError, match="global_batch=8 but this run has 4"):
         ShardStream(shards, StreamConfig(batch_size=4, seed=5)).load_state_dict(state)
+    assert ShardStream(shards, StreamConfig(batch_size=4, seed=5, accum=2)).load_state_dict(state) == 20
     with pytest.raises(ConfigError, match="files"):
         ShardStream(shards[:2], StreamConfig(batch_size=8, seed=5)).load_state_dict(state)
     with pytest.raises(ConfigError, match="version"):

@@ -2,7 +2,7 @@
 
 | part         | class              | defined in          | what it sets                                   |
 |--------------|--------------------|---------------------|------------------------------------------------|
-| `data`       | `DataConfig`       | trainer/stream.py   | the shards, their check, the host-side ring    |
+| `data`       | `DataConfig`       | trainer/stream.py   | the shards or mixture, order, global batch, ring |
 | `model`      | `ShapeConfig`      | here                | a size preset and overrides, dropout, norm     |
 | `loop`       | `LoopConfig`       | here                | steps, time, batch, precision, device, cadence |
 | `optim`      | `OptimConfig`      | trainer/optim.py    | AdamW and the learning-rate schedule           |
@@ -170,6 +170,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check(self)
+        if self.data.global_batch_size is not None and self.loop.grad_accum != 1:
+            raise ConfigError("--grad-accum is derived from --global-batch-size; give one of them, not both")
         if self.optim.schedule == "time" and not self.loop.max_time:
             raise ConfigError("--schedule time decays the learning rate over the --max-time budget; give --max-time")
 

@@ -39,7 +39,8 @@ from bertprep.trainer.metrics import MetricsLog, train_line, val_line
 from bertprep.trainer.model import Bert, pretraining_loss
 from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler, optimizer_step
 from bertprep.trainer.prefetch import Prefetcher
-from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
+from bertprep.trainer.mixture import open_sources
+from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data, split_global_batch
 
 
 class NonFiniteLoss(BertprepError):
@@ -112,7 +113,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
-    shards = open_shards(cfg.data.shards)
+    shards, sources, groups = open_sources(cfg.data.shards, cfg.data.mix)
     _check_shards(cfg, shards, d)
     data = shard_data(shards)
     run_dir = Path(cfg.checkpoint.out or phases.default_out(cfg, data))
@@ -121,13 +122,13 @@ def _train(cfg: TrainConfig, d: dist.Dist) -> dict:
     log = MetricsLog(run_dir, enabled=d.is_main, tensorboard=cfg.loop.tensorboard, quiet=cfg.loop.quiet,
                      purge_step=int(ck["step"]) + 1 if ck else None)
     try:
-        return _prepare(cfg, d, shards, data, run_dir, ck, log, start).loop()
+        return _prepare(cfg, d, shards, data, run_dir, ck, log, start, (sources, groups)).loop()
     finally:
         log.close()
 
 
 def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: dict | None, log: MetricsLog,
-             start: phases.Start | None = None) -> _Run:
+             start: phases.Start | None = None, mixture: tuple | None = None) -> _Run:
     """Model, optimizer, schedule and loader: fresh, restored from `ck`, or a new phase from `start`.
     Everything that can refuse (the shape, the weights, the validation data) is checked before the
     run directory is made or written to, so a refused run leaves nothing behind."""
@@ -143,17 +144,22 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     opt = build_optimizer(raw, cfg.optim, d.device)
     progress = BudgetProgress()  # --schedule time: the loop moves it, the schedule reads it
     sched = build_scheduler(opt, cfg.optim, cfg.loop.max_steps, phase["schedule_start"], progress)
-    stream = ShardStream(shards, StreamConfig(batch_size=cfg.loop.batch_size, seed=cfg.loop.seed, rank=d.rank,
-                                              world_size=d.world_size, overfit_batches=cfg.loop.overfit_batches))
+    sources, groups = mixture or (None, [[Path(s.path) for s in shards]])
+    micro, accum = split_global_batch(cfg.data.global_batch_size, d.world_size, cfg.loop.batch_size,
+                                      cfg.loop.grad_accum)
+    stream = ShardStream(shards, StreamConfig(batch_size=micro, accum=accum, seed=cfg.loop.seed, rank=d.rank,
+                                              world_size=d.world_size, order=cfg.data.shuffle,
+                                              overfit_batches=cfg.loop.overfit_batches), sources)
     step, start_batch = 0, 0
-    val = _validation_data(cfg, shards, d, log)
+    val = _validation_data(cfg, shards, d, log, (stream.sources, groups) if len(stream.sources) > 1 else None,
+                           micro)
     _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         apply_rates(opt, sched, cfg.optim, rescale=cfg.optim.schedule == "time")  # the resuming run's --lr, betas, eps, decay
         start_batch = stream.load_state_dict(ck["loader"])
-        _restore_rng(ck["rng"], d)
+        _restore_rng(ck["rng"], d, step=int(ck["step"]), seed=cfg.loop.seed)
         step = int(ck["step"])
         log.truncate_after(step)
         shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
@@ -183,10 +189,17 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
             log.say(note)
     if d.is_main:
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
-                                             "world_size": d.world_size, "phase": phase})
+                                             "world_size": d.world_size, "global_batch": stream.G,
+                                             "micro_batch": micro, "grad_accum": accum, "phase": phase})
     log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
             f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
             f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
+    if cfg.data.global_batch_size:
+        log.say(f"global batch {stream.G}: {d.world_size} rank(s) x {micro} examples x {accum} micro-step(s)")
+    if len(stream.sources) > 1:
+        log.say("mixture: " + ", ".join(f"{s.name} {w}/{stream.interleave.period} of the steps ({s.files} file(s), "
+                                         f"{p.per_epoch} steps/epoch)"
+                                         for s, w, p in zip(stream.sources, stream.weights, stream.plans)))
     if log.tb_note:
         log.say(log.tb_note)
     if ck:
@@ -225,14 +238,17 @@ def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, data: dict, shards: l
     return ck
 
 
-def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog):
-    """(stream, vocab) for validation, or None when there is none. Runs before the run directory is
-    made; files named by --val-shards and --vocab are opened even when validation is off, so a wrong
-    path is refused with nothing written, not ignored."""
+def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsLog, groups: list | None,
+                     batch_size: int):
+    """(stream, vocab, {source: stream}) for validation, or None when there is none; the per-source
+    streams when a mixture's every source has val_ files beside its training files. Runs before the
+    run directory is made; files named by --val-shards and --vocab are opened even when validation
+    is off, so a wrong path is refused with nothing written, not ignored."""
     validating = bool(cfg.loop.val_interval or cfg.loop.val_minutes)
     wanted = d.is_main and (validating or cfg.data.vocab)  # decodes examples, or checks a named --vocab
     vocab = vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab) if wanted else None
-    paths = list(cfg.data.val_shards) if cfg.data.val_shards is not None else default_val_shards(cfg.data.shards)
+    train_paths = [s.path for s in shards]
+    paths = list(cfg.data.val_shards) if cfg.data.val_shards is not None else default_val_shards(train_paths)
     if not validating:
         if cfg.data.val_shards:
             open_shards(paths)
@@ -243,11 +259,17 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
     val_shards = open_shards(paths)
     _check_shards(cfg, val_shards, d)
     check_compatible(shards + val_shards, "training and validation shards")
-    stream = val_stream(val_shards, cfg.loop.batch_size, d)
+    stream = val_stream(val_shards, batch_size, d)
     if stream is None:
         log.say("validation shards hold fewer examples than there are ranks: skipping validation")
         return None
-    return stream, vocab
+    per_source = {}
+    mixed = [(s.name, default_val_shards(g)) for s, g in zip(groups[0], groups[1])] if groups else []
+    if mixed and cfg.data.val_shards is None and all(p for _, p in mixed):
+        for name, p in mixed:
+            per_source[name] = val_stream(open_shards(p), batch_size, d)
+        per_source = {k: v for k, v in per_source.items() if v is not None}
+    return stream, vocab, per_source
 
 
 def _check_shards(cfg: TrainConfig, shards: list, d: dist.Dist) -> None:
@@ -296,7 +318,13 @@ def _rng_state(d: dist.Dist) -> dict:
     return {"torch": cpu, "cuda": cuda}
 
 
-def _restore_rng(rng: dict, d: dist.Dist) -> None:
+def _restore_rng(rng: dict, d: dist.Dist, step: int, seed: int) -> None:
+    """Each rank's generators as saved; on another number of ranks (an elastic resume), seeded from
+    (seed, step, rank) instead: dropout then differs from the uninterrupted run's, the data does not."""
+    if len(rng["torch"]) != d.world_size:
+        rank_seed = int(np.random.SeedSequence([seed, 2, step, d.rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+        torch.manual_seed(rank_seed)
+        return
     torch.set_rng_state(rng["torch"][d.rank])
     if d.device.type == "cuda" and rng.get("cuda"):
         torch.cuda.set_rng_state(rng["cuda"][d.rank], d.device)
@@ -320,8 +348,11 @@ class _Run:
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
-        tokens_per_micro = cfg.loop.batch_size * self.data["max_len"] * d.world_size
+        accum, per_micro = self.stream.cfg.accum, self.stream.cfg.batch_size * d.world_size  # examples per micro-step
+        tokens_per_micro = per_micro * self.data["max_len"]
         window = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, mlm loss sum, mlm count
+        mixed = len(self.stream.sources) > 1  # and then the same sums and a micro-step count per source
+        by_source = torch.zeros(len(self.stream.sources), 4, dtype=torch.float64, device=d.device)
         micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
         total_wait, done_steps, stopped, first_step = 0.0, 0, "max_steps", step
         on_batch = self._tracer() if cfg.data.trace_data else None
@@ -335,15 +366,20 @@ class _Run:
             self.clock.start()
             while step < cfg.loop.max_steps and not spent:
                 lr = self.opt.param_groups[0]["lr"]
-                for m in range(cfg.loop.grad_accum):
+                source = int(self.stream.source_of(feed.consumed)[0]) if mixed else 0  # one per step, on every rank
+                for m in range(accum):
                     batch = feed.next()
-                    with dist.no_sync(self.model, m < cfg.loop.grad_accum - 1), self.autocast():
+                    with dist.no_sync(self.model, m < accum - 1), self.autocast():
                         mlm, nsp = self.model(batch["input_ids"], batch["token_type_ids"], batch["length"],
                                               batch["masked_positions"])
                         loss, parts = pretraining_loss(mlm, nsp, batch, accuracy=False)
-                    (loss / cfg.loop.grad_accum).backward()
-                    window += torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
-                                           parts["mlm_count"].double()])
+                    (loss / accum).backward()
+                    sums = torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
+                                        parts["mlm_count"].double()])
+                    window += sums
+                    if mixed:
+                        by_source[source, :3] += sums
+                        by_source[source, 3] += 1
                     micro += 1
                 optimizer_step(self.opt, self.raw.parameters(), cfg.optim.clip)
                 step += 1
@@ -356,13 +392,15 @@ class _Run:
                 last = step == cfg.loop.max_steps or halt or out_of_time
                 if step % cfg.loop.log_interval == 0 or last or step % cfg.checkpoint.ckpt_interval == 0:
                     rec = self._reduce_window(window, micro, step, lr)  # raises NonFiniteLoss
+                    if mixed:
+                        rec |= self._reduce_sources(by_source)
                     if step % cfg.loop.log_interval == 0 or last:
                         now = time.perf_counter()
                         waited = feed.wait_s
                         total_wait += waited
                         dt = max(now - t_window, 1e-9)
                         rec |= {"tokens_per_s": micro * tokens_per_micro / dt,
-                                "samples_per_s": micro * cfg.loop.batch_size * d.world_size / dt,
+                                "samples_per_s": micro * per_micro / dt,
                                 "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start,
                                 "train_s": train_s}
                         self.log.write(rec)
@@ -371,6 +409,7 @@ class _Run:
                             check_warmup = False
                             self._warn_warmup(step, done_steps / max(train_s - loop_s, 1e-9), budget_s - train_s)
                         window.zero_()
+                        by_source.zero_()
                         micro, t_window, feed.wait_s = 0, time.perf_counter(), 0.0
                 paused = time.perf_counter()
                 with self.clock.paused():  # validation and checkpoints are not training time
@@ -429,12 +468,26 @@ class _Run:
         check_finite(loss, step, self.last_ckpt, "lower --lr, raise --warmup-steps or check the data")
         return {"step": step, "loss": loss, "mlm_loss": sums[1] / max(1.0, sums[2]), "lr": lr}
 
+    def _reduce_sources(self, by_source: torch.Tensor) -> dict:
+        """Each source's mean loss and MLM loss over the window (the steps it gave), summed over ranks."""
+        sums = dist.all_reduce_sum(by_source.clone(), self.d).tolist()
+        out = {}
+        for src, (loss, mlm, count, micro) in zip(self.stream.sources, sums):
+            if micro:
+                out[f"loss_{src.name}"] = loss / micro
+                out[f"mlm_loss_{src.name}"] = mlm / max(1.0, count)
+        return out
+
     def _validate(self, step: int) -> None:
-        stream, vocab = self.val
+        stream, vocab, per_source = self.val
         out = validate(self.raw, stream, self.d, max_batches=self.cfg.loop.val_batches, autocast=self.autocast)
+        for name, s in per_source.items():
+            mine = validate(self.raw, s, self.d, max_batches=self.cfg.loop.val_batches, autocast=self.autocast)
+            out |= {f"{k}_{name}": v for k, v in mine.items() if k in ("val_loss", "val_mlm_acc")}
         train_s, train_cpu_s = self.clock.read()
         rec = {"step": step} | out | {"train_s": train_s, "train_cpu_s": train_cpu_s}
-        self.last_val = {k: v for k, v in out.items() if k.startswith("val_")}
+        self.last_val = {k: v for k, v in out.items() if k.startswith("val_") and not k.endswith(
+            tuple(f"_{n}" for n in per_source))}
         self.log.write(rec)
         self.log.say(val_line(rec))
         if self.d.is_main and self.cfg.loop.val_examples:
@@ -456,11 +509,15 @@ class _Run:
         dist.barrier(self.d)
 
     def _tracer(self):
-        """--trace-data: each batch's rows to <run>/trace/rank<r>.txt as `index file row row ...`."""
+        """--trace-data: each batch's rows to <run>/trace/rank<r>.txt as `index file row row ...`
+        (`index file:row file:row ...` under --shuffle global, where a batch reads several files)."""
         folder = self.run_dir / "trace"
         folder.mkdir(parents=True, exist_ok=True)
         self.trace = open(folder / f"rank{self.d.rank}.txt", "a", encoding="utf-8")
 
-        def record(index: int, f: int, rows: np.ndarray) -> None:
-            self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
+        def record(index: int, f, rows: np.ndarray) -> None:
+            if np.ndim(f):
+                self.trace.write(f"{index} {' '.join(f'{a}:{b}' for a, b in zip(f.tolist(), rows.tolist()))}\n")
+            else:
+                self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
         return record

@@ -2,8 +2,10 @@
 
 `metrics.jsonl` is an interface people plot from: one JSON object per line, appended as the run
 goes. Training records carry `step`, `loss`, `mlm_loss`, `lr`, `tokens_per_s`, `samples_per_s`,
-`data_wait_s`, `data_wait_frac`, `elapsed_s`; validation records carry `step`, `val_loss`,
-`val_mlm_acc`, `val_ppl` (and `val_nsp_acc` when the shards have NSP); `event` records mark
+`data_wait_s`, `data_wait_frac`, `elapsed_s` (and with `--mix`, `loss_<source>` and
+`mlm_loss_<source>` over the window's steps of each source); validation records carry `step`, `val_loss`,
+`val_mlm_acc`, `val_ppl` (and `val_nsp_acc` when the shards have NSP; `val_loss_<source>` and
+`val_mlm_acc_<source>` when every --mix source has val_ files); `event` records mark
 `resume`, `stop` and `end`. On resume, records past the checkpoint's step are dropped, so the file
 always reads as one run. A later phase (`--init-from`) starts its file with the earlier phases'
 records and tags its own with `phase`; an `{"event": "phase"}` record marks where it began. Only
