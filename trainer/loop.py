@@ -218,7 +218,7 @@ def _remasker(cfg: TrainConfig, shards: list, log: MetricsLog) -> Remasker | Non
     if m.whole_word and remasker.vocab.is_continuation is None:
         raise ConfigError(f"--whole-word: no vocab.txt found for {shards[0].path} (its manifest names no token store "
                           f"of its tokenizer here); give --vocab")
-    log.say(f"dynamic masking: {m.mask_prob:g} of each example's tokens, {m.slots(int(shards[0].meta['max_len']))} "
+    log.say(f"dynamic masking: {m.mask_prob * 100:g}% of each example's tokens, {m.slots(int(shards[0].meta['max_len']))} "
             f"slots, {m.mask_replace}{', whole words' if m.whole_word else ''}; validation keeps the shards' masks")
     return remasker
 
