@@ -83,10 +83,7 @@ class Prefetcher:
     def _fill(self, index: int) -> None:
         try:
             while not self._stop.is_set():
-                batches = self.stream.batches(index, self._chunk)
-                if self._remask is not None:
-                    batches = self._remask.batches(self.stream, index, batches)
-                for f, rows, cols in batches:
+                for f, rows, cols in self.stream.batches(index, self._chunk, self._remask):
                     slot = self._take_free_slot()
                     if slot is None:
                         return

@@ -72,14 +72,17 @@ def row_keys(seed: int, epoch, file, row) -> np.ndarray:
     return h
 
 
-def _draw(key32: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """uint32 hash of (row key, position): murmur3's finaliser; key32 (n, 1), pos broadcastable."""
-    x = key32 + pos.astype(np.uint32) * _GOLDEN32
+def _draw(key32: np.ndarray, pos: np.ndarray, *, high_only: bool = False) -> np.ndarray:
+    """uint32 hash of (row key, position): murmur3's finaliser; key32 (n, 1), pos broadcastable.
+    `high_only`: without the last step, which changes only the low 16 bits (for sort keys, whose
+    order the high bits decide)."""
+    x = key32 + pos.astype(np.uint32, copy=False) * _GOLDEN32
     x ^= x >> np.uint32(16)
     x *= np.uint32(0x85EBCA6B)
     x ^= x >> np.uint32(13)
     x *= np.uint32(0xC2B2AE35)
-    x ^= x >> np.uint32(16)
+    if not high_only:
+        x ^= x >> np.uint32(16)
     return x
 
 
@@ -163,8 +166,8 @@ def remask(cols: dict[str, np.ndarray], keys: np.ndarray, cfg: MaskingConfig, vo
         else:
             pool = np.flatnonzero(~vocab.is_special)
             random_ids = pool[pick * np.uint64(pool.size) >> np.uint64(32)]
-        np.copyto(new, random_ids, where=u >= np.uint32(0.8 * 2**32), casting="unsafe")
-        np.copyto(new, original, where=u >= np.uint32(0.9 * 2**32))
+        new = np.where(u < np.uint32(0.8 * 2**32), new,
+                       np.where(u < np.uint32(0.9 * 2**32), random_ids.astype(ids.dtype), original))
     wide.ravel()[flat] = new
     return cols | {"input_ids": ids, "masked_positions": np.where(positions < T, positions, 0).astype(np.uint16),
                    "masked_ids": original, "num_masked": k.astype(np.uint16)}
@@ -176,13 +179,13 @@ def _keys(off: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, int]:
     T = off.shape[1]
     bits = max(1, (T - 1).bit_length())
     if bits <= 10:  # >= 22 random bits; uint32 sorts twice as fast as uint64
-        key = _draw(lo, np.arange(T, dtype=np.uint32))
+        key = _draw(lo, np.arange(T, dtype=np.uint32), high_only=True)
         key &= np.uint32(~((1 << bits) - 1) & 0xFFFFFFFF)
         key |= np.arange(T, dtype=np.uint32)
     else:
         key = _draw(lo, np.arange(T, dtype=np.uint32)).astype(np.uint64) << np.uint64(bits)
         key |= np.arange(T, dtype=np.uint64)
-    np.bitwise_or(key, key.dtype.type(np.iinfo(key.dtype).max), out=key, where=off)
+    key |= off * key.dtype.type(np.iinfo(key.dtype).max)  # 8x faster than bitwise_or(..., where=off)
     return key, (1 << bits) - 1
 
 
@@ -190,12 +193,12 @@ def _tokens(off: np.ndarray, k: np.ndarray, P: int, lo: np.ndarray) -> np.ndarra
     """(N, P) positions, ascending in the first k[i] slots of row i (its k[i] smallest-keyed
     candidates: positions not `off`), then T."""
     key, pos_mask = _keys(off, lo)
-    if P < key.shape[1]:  # only the P smallest keys can be chosen
+    if key.shape[1] > 256:  # only the P smallest keys can be chosen; up to 256, a whole sort is as fast
         key = np.partition(key, P - 1, axis=1)[:, :P]
     key.sort(axis=1)
     T = off.shape[1]
-    positions = np.where(np.arange(P) < k[:, None], (key[:, :P] & key.dtype.type(pos_mask)).astype(np.uint32),
-                         np.uint32(T))
+    positions = np.where(np.arange(P) < k[:, None], (key[:, :P] & key.dtype.type(pos_mask)).astype(np.uint32,
+                         copy=False), np.uint32(T))
     positions.sort(axis=1)  # the chosen ascending, the unused slots (T) after them; uint32 sorts fastest
     return positions
 
@@ -251,9 +254,9 @@ def _greedy_fit(size: np.ndarray, budget: np.ndarray) -> np.ndarray:
 
 
 class Remasker:
-    """`remask` for a training stream: `self(cols, epoch, file, rows)` re-masks rows of one file;
-    `batches(...)` a prefetch chunk's batches, one call per file (numpy's per-call costs paid per
-    chunk, not per batch)."""
+    """`remask` for a training stream: `self(cols, epoch, file, rows)` re-masks rows of one file
+    (`ShardStream.batches` calls it once per file of a prefetch chunk: numpy's per-call costs are
+    paid per chunk, not per batch)."""
 
     def __init__(self, cfg: MaskingConfig, vocab: Vocab, seed: int):
         if cfg.mask_prob is None:
@@ -262,18 +265,3 @@ class Remasker:
 
     def __call__(self, cols: dict[str, np.ndarray], epoch, file, rows) -> dict[str, np.ndarray]:
         return remask(cols, row_keys(self.seed, epoch, file, rows), self.cfg, self.vocab)
-
-    def batches(self, stream, start: int, batches: list) -> list:
-        """`stream.batches(start, len(batches))`'s (file, rows, columns) list, re-masked."""
-        epoch = stream.locate(np.arange(start, start + len(batches)))[0]
-        files = np.array([f for f, _, _ in batches])
-        out = list(batches)
-        for f in np.unique(files):
-            which = np.flatnonzero(files == f)
-            rows = np.concatenate([batches[b][1] for b in which])
-            cols = {k: np.concatenate([batches[b][2][k] for b in which]) for k in batches[which[0]][2]}
-            B = len(batches[which[0]][1])
-            new = self(cols, np.repeat(epoch[which], B), f, rows)
-            for j, b in enumerate(which):
-                out[b] = (batches[b][0], batches[b][1], {k: v[j * B:(j + 1) * B] for k, v in new.items()})
-        return out

@@ -167,15 +167,19 @@ class ShardStream:
             perm = self._perms[key] = FeistelPermutation(int(self.sizes[f]), [self.cfg.seed, epoch, f])
         return perm
 
-    def batches(self, start: int, count: int) -> list[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    def batches(self, start: int, count: int, remask=None) -> list[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
         """Batches start..start+count-1 as (file, rows, columns), reading each file once for all of
-        them (per-call costs are paid per file, not per batch)."""
+        them (per-call costs are paid per file, not per batch). `remask(cols, epoch, file, rows)`
+        (trainer/remask.py, --mask-prob) gives each file's rows fresh masks on the way."""
         files, rows = self.rows(np.arange(start, start + count))
+        epochs = self.locate(np.arange(start, start + count))[0] if remask is not None else None
         out: list = [None] * count
         for f in np.unique(files):
             which = np.flatnonzero(files == f)
             cols = self.shards[f].take(rows[which].ravel())
             B = self.cfg.batch_size
+            if remask is not None:
+                cols = remask(cols, np.repeat(epochs[which], B), f, rows[which].ravel())
             for j, b in enumerate(which):
                 out[b] = (int(f), rows[b], {k: v[j * B:(j + 1) * B] for k, v in cols.items()})
         return out
