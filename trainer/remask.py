@@ -209,48 +209,74 @@ def _whole_words(ids, cand, k, P, lo, vocab: Vocab):
     if vocab.is_continuation is None:
         raise ConfigError("--whole-word needs the vocabulary's ## pieces: give --vocab (the token store's vocab.txt)")
     N, T = cand.shape
-    prev = np.zeros_like(cand)
-    prev[:, 1:] = cand[:, :-1]
-    start = cand & ~(vocab.is_continuation[ids] & prev)
-    # Each candidate's word start (flat): a running max over the starts' flat indices.
-    flat = np.arange(N * T, dtype=np.int64).reshape(N, T)
-    word_of = np.maximum.accumulate(np.where(start, flat, 0).ravel())
-    size = np.bincount(word_of[cand.ravel()], minlength=N * T).reshape(N, T)              # at the starts
+    start = cand.copy()
+    start[:, 1:] &= ~(vocab.is_continuation[ids[:, 1:]] & cand[:, :-1])
+    # A word runs from its start to the next position that does not continue it (a start or a
+    # non-candidate): `after[i]`, the first such position at or after i, by a running minimum from
+    # the right. Position 0 of every row is one, so no word crosses into the next row.
+    inside = (cand & ~start).ravel()
+    after = np.where(inside, np.int32(N * T), np.arange(N * T, dtype=np.int32))
+    after = np.append(np.minimum.accumulate(after[::-1])[::-1], np.int32(N * T))
     key, pos_mask = _keys(~start, lo)
     key.sort(axis=1)
-    first = (key & pos_mask).astype(np.int64)                                              # (N, T) word starts
-    sizes = np.where(np.arange(T) < np.count_nonzero(start, axis=1)[:, None],
-                     np.take_along_axis(size, first, axis=1), 0)
-    taken = _greedy_fit(sizes, k)
+    words = np.count_nonzero(start, axis=1)
+    base = np.arange(0, N * T, T, dtype=np.int64)
+    # Greedy settles within the first words of the random order (P words hold at least k tokens):
+    # run it on P of them, then on the rest only for the rows that still have room.
+    W = min(T, P, int(words.max(initial=0)))
+    first = (key[:, :W] & pos_mask).astype(np.int64) + base[:, None]
+    sizes = np.where(np.arange(W) < words[:, None], after[np.minimum(first + 1, N * T)] - first, 0)
+    taken, left = _greedy_fit(sizes, k)
+    starts, lengths = [first[taken]], [sizes[taken]]
+    rest = np.flatnonzero((left > 0) & (words > W))
+    if rest.size:
+        first = (key[rest, W:] & pos_mask).astype(np.int64) + base[rest, None]
+        sizes = np.where(np.arange(W, T) < words[rest, None], after[np.minimum(first + 1, N * T)] - first, 0)
+        taken, _ = _greedy_fit(sizes, left[rest])
+        starts.append(first[taken])
+        lengths.append(sizes[taken])
+    starts, lengths = np.concatenate(starts), np.concatenate(lengths)
+    # Every token of the chosen words, each knowing its word's start; then row by row, ascending.
+    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    tokens = np.repeat(starts, lengths) + offset
     chosen = np.zeros(N * T, dtype=bool)
-    chosen[(first + flat[:, :1])[taken]] = True
-    chosen = cand & chosen[word_of].reshape(N, T)
-    got = np.count_nonzero(chosen, axis=1)
-    slot = np.cumsum(chosen.ravel()) - 1 - np.repeat(np.cumsum(got) - got, T)
-    positions = np.full((N, P), T, dtype=np.int64)
-    unit = np.zeros((N, P), dtype=np.int64)
-    r, c = np.nonzero(chosen)
-    positions[r, slot[chosen.ravel()]] = c
-    unit[r, slot[chosen.ravel()]] = word_of[chosen.ravel()] - r * T
+    chosen[tokens] = True
+    is_start = np.zeros(N * T, dtype=bool)
+    is_start[starts] = True
+    at = np.flatnonzero(chosen)
+    word_start = np.maximum.accumulate(np.where(is_start[at], at, 0))  # a word's tokens are consecutive
+    rows = at // T
+    got = np.bincount(rows, minlength=N)
+    slot = rows * P + np.arange(at.size) - np.repeat(np.cumsum(got) - got, got)
+    positions = np.full((N, P), T, dtype=np.uint32)
+    unit = np.zeros((N, P), dtype=np.uint32)
+    positions.ravel()[slot] = at - rows * T
+    unit.ravel()[slot] = word_start - rows * T
     return positions, unit, got
 
 
-def _greedy_fit(size: np.ndarray, budget: np.ndarray) -> np.ndarray:
+def _greedy_fit(size: np.ndarray, budget: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which words (size 0: none), in the given order, greedy all-or-nothing packing into
-    `budget` takes. Each pass drops words larger than what is left (greedy would skip them) and
-    takes the prefix of the rest that fits; everything taken precedes everything undecided, so
-    this is the sequential greedy in a few vectorized passes."""
+    `budget` takes, and the budget left. Each pass drops words larger than what is left (greedy
+    would skip them) and takes the prefix of the rest that fits; everything taken precedes
+    everything undecided, so this is the sequential greedy in a few vectorized passes."""
     taken = np.zeros(size.shape, dtype=bool)
     open_ = size > 0
     left = budget.astype(np.int64)
     while True:
         open_ &= size <= left[:, None]
         if not open_.any():
-            return taken
-        fits = open_ & (np.cumsum(np.where(open_, size, 0), axis=1) <= left[:, None])
+            return taken, left
+        fits = open_ & (_row_cumsum(np.where(open_, size, 0)) <= left[:, None])
         taken |= fits
         open_ &= ~fits
         left = left - np.where(fits, size, 0).sum(axis=1)
+
+
+def _row_cumsum(x: np.ndarray) -> np.ndarray:
+    """np.cumsum(x, axis=1) of a 2-D array, as one flat cumsum (numpy's axis=1 runs a slow loop per row)."""
+    flat = np.cumsum(x.ravel()).reshape(x.shape)
+    return flat - (flat[:, :1] - x[:, :1])
 
 
 class Remasker:
