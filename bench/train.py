@@ -149,12 +149,12 @@ def bench_loader(folder: Path, *, B: int, batches: int, mask_prob: float | None 
             "files": len(shards), "examples": int(sum(s.num_examples for s in shards))}
 
 
-def bench_data_wait(folder: Path, out: Path, *, B: int, steps: int) -> dict:
+def bench_data_wait(folder: Path, out: Path, *, B: int, steps: int, mask_prob: float | None = None) -> dict:
     from bertprep.trainer.loop import train
 
     cfg = train_config(shards=tuple(map(str, sorted(folder.glob("train_*.arrow")))), out=str(out), model="tiny",
-                      batch_size=B, max_steps=steps, warmup_steps=10, log_interval=steps, val_interval=0,
-                      ckpt_interval=steps, quiet=True, tensorboard=False)
+                      batch_size=B, max_steps=steps, warmup_steps=min(10, steps), log_interval=steps, val_interval=0,
+                      ckpt_interval=steps, quiet=True, tensorboard=False, mask_prob=mask_prob)
     s = train(cfg)
     return {"train_steps": steps, "data_wait_frac": s["data_wait_frac"], "elapsed_s": s["elapsed_s"]}
 
@@ -206,6 +206,8 @@ def main(argv=None) -> int:
         for k in kinds:
             loader[f"{k}_reader_cpu_us_per_sample"] = min(r["reader_cpu_us_per_sample"] for n, r in runs if n == k)
         wait = bench_data_wait(folder, Path(tmp) / "run", B=a.batch, steps=a.train_steps)
+        wait["remask_data_wait_frac"] = bench_data_wait(folder, Path(tmp) / "remask", B=a.batch, steps=a.train_steps,
+                                                        mask_prob=a.mask_prob)["data_wait_frac"]
     loader |= wait
     results["loader"] = loader
     print(f"loader alone, batch {a.batch}, {loader['files']} files, ring of host buffers (best of 3 rounds):")
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
         print(f" vs {consumed:,.0f} samples/s consumed by our fastest step above: "
               f"{loader['loader_samples_per_s'] / consumed:,.0f}x headroom", end="")
     print()
-    print(f"data wait in a {a.train_steps}-step tiny train() run: {loader['data_wait_frac']:.2%} of its time")
+    print(f"data wait in a {a.train_steps}-step tiny train() run: {loader['data_wait_frac']:.2%} of its time; "
+          f"with --mask-prob {a.mask_prob:g}: {loader['remask_data_wait_frac']:.2%}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

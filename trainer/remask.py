@@ -131,7 +131,6 @@ def _restored(cols: dict[str, np.ndarray]) -> np.ndarray:
     live = np.arange(pos.shape[1], dtype=np.int32) < cols["num_masked"][:, None]
     flat = np.where(live, pos, T) + np.arange(0, N * (T + 1), T + 1)[:, None]
     ids.ravel()[flat] = cols["masked_ids"]
-    ids[:, T] = 0
     return ids
 
 
