@@ -71,6 +71,16 @@ def test_exact_counts_and_the_column_contract(cols, p):
     assert (out["num_masked"] == np.minimum(np.minimum(P, np.maximum(1, np.rint(n * p))), n)).all()
 
 
+@pytest.mark.parametrize("T", [512, 2048])
+def test_long_rows_take_the_partition_and_wide_key_paths(T):
+    meta = synthetic_meta(max_len=T, vocab_size=30522, nsp=False)
+    rows = synthetic_columns(np.random.default_rng(T), 64, meta)
+    out = _remask(rows, p=0.2)
+    _check_contract(rows, out, 0.2)
+    n = ((original_ids(rows) >= 5) & (np.arange(T) < rows["length"][:, None])).sum(1)
+    assert (out["num_masked"] == np.minimum(round(T * 0.2), np.maximum(1, np.rint(n * 0.2)))).all()
+
+
 def test_80_10_10_within_one_percent_and_positions_uniform(cols):
     outs = [_remask(cols, epoch=e) for e in range(3)]
     orig = original_ids(cols)

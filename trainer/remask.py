@@ -12,7 +12,8 @@ its length that are not special), the rule the shards were masked with (preproce
 `P = max(1, rint(max_len * p))` slots, so `k` never hits the cap and the head computes no wasted
 slots (Bernoulli per token would need P several standard deviations above the mean to keep the
 cap from biasing against the ends of rows: 60 slots instead of 38 at 128 x 0.3). Exact-k costs a
-row-wise partition, which numpy does with SIMD in about the time of the hash itself.
+row-wise sort of uint32 keys (a partition past 256 tokens), which numpy does with SIMD in about
+the time of the hash itself.
 
 The randomness is a counter-based hash, not a generator: each row's key is splitmix64 of (seed,
 epoch, file, row), and a token's draw is murmur3's 32-bit finaliser of (key, position). So a mask
@@ -131,6 +132,7 @@ def _restored(cols: dict[str, np.ndarray]) -> np.ndarray:
     live = np.arange(pos.shape[1], dtype=np.int32) < cols["num_masked"][:, None]
     flat = np.where(live, pos, T) + np.arange(0, N * (T + 1), T + 1)[:, None]
     ids.ravel()[flat] = cols["masked_ids"]
+    ids[:, T] = 0  # what unused slots read back as masked_ids, whatever a shard holds there
     return ids
 
 
