@@ -11,7 +11,8 @@ T positions, ours only at the P positions the shards chose for prediction. On CU
 utilisation of our step is shown too (matmul FLOPs, against the card's dense bf16 peak).
 
 The loader part streams synthetic shards (4 files, seq 128, vocab 30522) through ShardStream and the
-pinned-ring Prefetcher alone, and reports samples/s next to what our training step consumes; then a
+pinned-ring Prefetcher alone, with the shards' static masks and re-masked at --mask-prob (trainer/remask.py)
+alternately, and reports samples/s next to what our training step consumes; then a
 short `train()` run reports the share of step time spent waiting for data.
 """
 
@@ -32,6 +33,7 @@ from bertprep.trainer.hf import hf_config, to_hf
 from bertprep.trainer.model import Bert, ModelConfig, flops_per_step, pretraining_loss
 from bertprep.trainer.optim import param_groups
 from bertprep.trainer.prefetch import Prefetcher
+from bertprep.trainer.remask import MaskingConfig, Remasker, vocab_from
 from bertprep.trainer.stream import ShardStream, StreamConfig
 from bertprep.trainer.synthetic import write_synthetic_shards
 
@@ -118,26 +120,41 @@ def bench_step(shape: str, *, B: int, T: int, P: int, V: int, steps: int, warmup
     return out
 
 
-def bench_loader(folder: Path, *, B: int, batches: int) -> dict:
+def bench_loader(folder: Path, *, B: int, batches: int, mask_prob: float | None = None,
+                 whole_word: bool = False) -> dict:
+    """Samples/s of the shuffled stream through the ring, and the CPU time per sample of the reading
+    thread's work alone; with `mask_prob`, every batch re-masked at that rate (80/10/10) on the way,
+    as `--mask-prob` does (`whole_word`: with a vocab in which every other word id is a ## piece)."""
     shards = open_shards(sorted(folder.glob("train_*.arrow")))
     stream = ShardStream(shards, StreamConfig(batch_size=B, seed=1))
-    with Prefetcher(stream, torch.device("cpu"), ring=4) as feed:
+    remask = None
+    if mask_prob is not None:
+        meta = shards[0].meta
+        words = [f"{'##' if i % 2 else ''}w{i}" if i >= 5 else f"[S{i}]" for i in range(meta["vocab_size"])]
+        remask = Remasker(MaskingConfig(mask_prob=mask_prob, whole_word=whole_word),
+                          vocab_from(meta, words if whole_word else None), seed=1)
+    with Prefetcher(stream, torch.device("cpu"), ring=4, remask=remask) as feed:
         for _ in range(64):  # warm the page cache and the ring
             feed.next()
         t0 = time.perf_counter()
         for _ in range(batches):
             feed.next()
         dt = time.perf_counter() - t0
+    c0 = time.process_time()  # the reading thread's work alone, in this thread: CPU seconds, robust to load
+    for i in range(0, batches, 256):
+        stream.batches(i, min(256, batches - i), remask)
+    cpu = time.process_time() - c0
     return {"batch": B, "batches": batches, "loader_samples_per_s": batches * B / dt,
+            "reader_cpu_us_per_sample": cpu / (batches * B) * 1e6,
             "files": len(shards), "examples": int(sum(s.num_examples for s in shards))}
 
 
-def bench_data_wait(folder: Path, out: Path, *, B: int, steps: int) -> dict:
+def bench_data_wait(folder: Path, out: Path, *, B: int, steps: int, mask_prob: float | None = None) -> dict:
     from bertprep.trainer.loop import train
 
     cfg = train_config(shards=tuple(map(str, sorted(folder.glob("train_*.arrow")))), out=str(out), model="tiny",
-                      batch_size=B, max_steps=steps, warmup_steps=10, log_interval=steps, val_interval=0,
-                      ckpt_interval=steps, quiet=True, tensorboard=False)
+                      batch_size=B, max_steps=steps, warmup_steps=min(10, steps), log_interval=steps, val_interval=0,
+                      ckpt_interval=steps, quiet=True, tensorboard=False, mask_prob=mask_prob)
     s = train(cfg)
     return {"train_steps": steps, "data_wait_frac": s["data_wait_frac"], "elapsed_s": s["elapsed_s"]}
 
@@ -153,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--loader-batches", type=int, default=3000)
+    p.add_argument("--mask-prob", type=float, default=0.3, help="rate of the loader's re-masking variant")
     p.add_argument("--train-steps", type=int, default=60, help="steps of the data-wait run")
     p.add_argument("--no-cuda", action="store_true")
     p.add_argument("--json", help="also write the results here")
@@ -175,19 +193,39 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
         write_synthetic_shards(folder, rows=[50_000] * 4, max_len=a.seq, vocab_size=a.vocab, batch=10_000)
-        loader = bench_loader(folder, B=a.batch, batches=a.loader_batches)
+        # static masks, re-masking and whole-word re-masking in turn, three rounds (the best of each
+        # kept), so that the load of a shared machine hits them alike
+        kinds = {"static": {}, "remask": dict(mask_prob=a.mask_prob),
+                 "whole_word": dict(mask_prob=a.mask_prob, whole_word=True)}
+        runs = [(k, bench_loader(folder, B=a.batch, batches=a.loader_batches, **kw))
+                for _ in range(3) for k, kw in kinds.items()]
+        best = {k: max((r for n, r in runs if n == k), key=lambda r: r["loader_samples_per_s"]) for k in kinds}
+        loader = best["static"] | {"remask_prob": a.mask_prob}
+        for k in ("remask", "whole_word"):
+            loader[f"{k}_samples_per_s"] = best[k]["loader_samples_per_s"]
+        for k in kinds:
+            loader[f"{k}_reader_cpu_us_per_sample"] = min(r["reader_cpu_us_per_sample"] for n, r in runs if n == k)
         wait = bench_data_wait(folder, Path(tmp) / "run", B=a.batch, steps=a.train_steps)
+        wait["remask_data_wait_frac"] = bench_data_wait(folder, Path(tmp) / "remask", B=a.batch, steps=a.train_steps,
+                                                        mask_prob=a.mask_prob)["data_wait_frac"]
     loader |= wait
     results["loader"] = loader
-    print(f"loader alone: {loader['loader_samples_per_s']:,.0f} samples/s (batch {a.batch}, {loader['files']} files, "
-          f"ring of host buffers)", end="")
+    print(f"loader alone, batch {a.batch}, {loader['files']} files, ring of host buffers (best of 3 rounds):")
+    print(f"{'masks':<28} {'samples/s':>10} {'ratio':>6} {'reader CPU us/sample':>20}")
+    for k, label in (("static", "shards' static"), ("remask", f"re-masked at {a.mask_prob:g}"),
+                     ("whole_word", f"re-masked at {a.mask_prob:g}, whole words")):
+        rate = loader["loader_samples_per_s" if k == "static" else f"{k}_samples_per_s"]
+        print(f"{label:<28} {rate:>10,.0f} {rate / loader['loader_samples_per_s']:>5.2f}x "
+              f"{loader[f'{k}_reader_cpu_us_per_sample']:>20.2f}")
+    print(f"static loader: {loader['loader_samples_per_s']:,.0f} samples/s", end="")
     if results["steps"]:
         consumed = max(r["ours_samples_per_s"] for r in results["steps"])
         loader["fastest_step_samples_per_s"] = consumed
         print(f" vs {consumed:,.0f} samples/s consumed by our fastest step above: "
               f"{loader['loader_samples_per_s'] / consumed:,.0f}x headroom", end="")
     print()
-    print(f"data wait in a {a.train_steps}-step tiny train() run: {loader['data_wait_frac']:.2%} of its time")
+    print(f"data wait in a {a.train_steps}-step tiny train() run: {loader['data_wait_frac']:.2%} of its time; "
+          f"with --mask-prob {a.mask_prob:g}: {loader['remask_data_wait_frac']:.2%}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -3,6 +3,7 @@
 | part         | class              | defined in          | what it sets                                   |
 |--------------|--------------------|---------------------|------------------------------------------------|
 | `data`       | `DataConfig`       | trainer/stream.py   | the shards or mixture, order, global batch, ring |
+| `masking`    | `MaskingConfig`    | trainer/remask.py   | dynamic masking: rate, replacement, whole words |
 | `model`      | `ShapeConfig`      | here                | a size preset and overrides, dropout, norm     |
 | `loop`       | `LoopConfig`       | here                | steps, time, batch, precision, device, cadence |
 | `optim`      | `OptimConfig`      | trainer/optim.py    | AdamW and the learning-rate schedule           |
@@ -28,6 +29,7 @@ from bertprep.shards import options
 from bertprep.shards.errors import ConfigError
 from bertprep.shards.options import check, option
 from bertprep.trainer.optim import OptimConfig
+from bertprep.trainer.remask import MaskingConfig
 from bertprep.trainer.stream import DataConfig
 
 # name -> (layers, hidden, heads, ffn): the BERT paper's base/large and Google's small BERTs.
@@ -161,6 +163,7 @@ class TrainConfig:
     """Everything `trainer/run.py` accepts, by component."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     model: ShapeConfig = field(default_factory=ShapeConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -40,6 +40,7 @@ from bertprep.trainer.model import Bert, pretraining_loss
 from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler, optimizer_step
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.mixture import open_sources
+from bertprep.trainer.remask import Remasker, vocab_from
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data, split_global_batch
 
 
@@ -153,6 +154,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     step, start_batch = 0, 0
     val = _validation_data(cfg, shards, d, log, (stream.sources, groups) if len(stream.sources) > 1 else None,
                            micro)
+    remask = _remasker(cfg, shards, log)  # refuses --whole-word without a vocab before anything is written
     _seed_rank(cfg.loop.seed, d)  # dropout differs across ranks, reproducibly
     if ck:
         opt.load_state_dict(ck["optimizer"])
@@ -209,7 +211,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
                 f"{'AdamW and schedule carried' if start.optimizer is not None else 'AdamW and schedule restarted'}")
         log.write({"event": "phase", "step": step, "phase": phase["name"], "init_from": start.source})
     run = _Run(cfg, d, raw, model, opt, sched, stream, log, run_dir, data, mcfg, val, step, start_batch)
-    run.phase, run.progress = phase, progress
+    run.phase, run.progress, run.remask = phase, progress, remask
     run.warmup_end = phase["schedule_start"] + cfg.optim.warmup_steps
     if d.is_main and step < run.warmup_end > cfg.loop.max_steps:
         _warn(f"the warm-up (--warmup-steps {cfg.optim.warmup_steps}) ends at step {run.warmup_end:,}, after "
@@ -217,6 +219,21 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     if ck:
         run.clock = TrainClock(float(ck.get("train_s", 0.0)), float(ck.get("train_cpu_s", 0.0)))
     return run
+
+
+def _remasker(cfg: TrainConfig, shards: list, log: MetricsLog) -> Remasker | None:
+    """--mask-prob: the training batches' fresh masks (validation keeps the shards' own)."""
+    m = cfg.masking
+    if m.mask_prob is None:
+        return None
+    words = vocab_for(shards[0].path, shards[0].meta, cfg.data.vocab)
+    remasker = Remasker(m, vocab_from(shards[0].meta, words), cfg.loop.seed)
+    if m.whole_word and remasker.vocab.is_continuation is None:
+        raise ConfigError(f"--whole-word: no vocab.txt found for {shards[0].path} (its manifest names no token store "
+                          f"of its tokenizer here); give --vocab")
+    log.say(f"dynamic masking: {m.mask_prob * 100:g}% of each example's tokens, {m.slots(int(shards[0].meta['max_len']))} "
+            f"slots, {m.mask_replace}{', whole words' if m.whole_word else ''}; validation keeps the shards' masks")
+    return remasker
 
 
 def _warn(line: str) -> None:
@@ -345,6 +362,7 @@ class _Run:
         self.phase: dict = {}  # set by _prepare; kept in every checkpoint
         self.progress = BudgetProgress()  # set by _prepare: the share of --max-time used, for --schedule time
         self.warmup_end = 0  # set by _prepare: the step at which the warm-up reaches --lr
+        self.remask: Remasker | None = None  # set by _prepare: --mask-prob
 
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
@@ -362,7 +380,7 @@ class _Run:
         check_warmup = bool(budget_s) and d.is_main and step < self.warmup_end <= cfg.loop.max_steps
         loop_s = self.clock.wall_s  # the budget used before this loop (a resumed run)
         with StopRequest() as stop, Prefetcher(self.stream, d.device, start=start_batch, ring=cfg.data.prefetch,
-                                               on_batch=on_batch) as feed:
+                                               on_batch=on_batch, remask=self.remask) as feed:
             self.clock.start()
             while step < cfg.loop.max_steps and not spent:
                 lr = self.opt.param_groups[0]["lr"]

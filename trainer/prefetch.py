@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bertprep.trainer.remask import Remasker
 from bertprep.trainer.stream import ShardStream
 
 RING_DTYPE = torch.int32
@@ -37,14 +38,16 @@ class Prefetcher:
     position of the batch `next()` would return next (batches still in the ring are not counted)."""
 
     def __init__(self, stream: ShardStream, device: torch.device, *, start: int = 0, ring: int = 4,
-                 chunk_rows: int = 8192, on_batch: Callable[[int, int, np.ndarray], None] | None = None):
+                 chunk_rows: int = 8192, on_batch: Callable[[int, int, np.ndarray], None] | None = None,
+                 remask: Remasker | None = None):
         self.stream, self.device = stream, torch.device(device)
+        self._remask = remask            # --mask-prob: fresh masks, drawn per chunk of batches
         self.cuda = self.device.type == "cuda"
         self.consumed = start            # index of the batch next() returns next
         self.wait_s = 0.0                # time next() spent blocked on the loader (reset by the caller)
         self._on_batch = on_batch        # (index, file, rows) of each batch handed out: for --trace-data
         self._chunk = max(1, min(256, chunk_rows // stream.cfg.batch_size))  # batches read per call
-        self._layout = self._plan_layout(stream)            # column -> (offset, shape) in a slot
+        self._layout = self._plan_layout(stream, remask)            # column -> (offset, shape) in a slot
         self._sizes = [int(np.prod(shape)) for _, shape in self._layout.values()]
         size = sum(self._sizes)
         self._slots = [torch.empty(size, dtype=RING_DTYPE, pin_memory=self.cuda) for _ in range(max(2, ring))]
@@ -61,8 +64,10 @@ class Prefetcher:
         self._thread.start()
 
     @staticmethod
-    def _plan_layout(stream: ShardStream) -> dict[str, tuple[int, tuple[int, ...]]]:
+    def _plan_layout(stream: ShardStream, remask: Remasker | None) -> dict[str, tuple[int, tuple[int, ...]]]:
         sample = stream.shards[0].take(np.zeros(1, dtype=np.int64))
+        if remask is not None:  # its own number of prediction slots
+            sample = remask(sample, np.zeros(1), 0, np.zeros(1))
         layout, offset = {}, 0
         for k, v in sample.items():
             shape = (stream.cfg.batch_size,) + v.shape[1:]
@@ -78,7 +83,7 @@ class Prefetcher:
     def _fill(self, index: int) -> None:
         try:
             while not self._stop.is_set():
-                for f, rows, cols in self.stream.batches(index, self._chunk):
+                for f, rows, cols in self.stream.batches(index, self._chunk, self._remask):
                     slot = self._take_free_slot()
                     if slot is None:
                         return

@@ -293,13 +293,16 @@ class ShardStream:
         _, files, rows = self.examples(indices)
         return (files if self.cfg.order == "global" and self.cfg.shuffle else files[:, 0]), rows
 
-    def batches(self, start: int, count: int) -> list[tuple]:
+    def batches(self, start: int, count: int, remask=None) -> list[tuple]:
         """Batches start..start+count-1 as (file, rows, columns) (file: an int, or (B,) per example
         under --shuffle global), reading each file once for all of them (per-call costs are paid per
-        file, not per batch)."""
-        _, files, rows = self.examples(np.arange(start, start + count))
+        file, not per batch). `remask(cols, epoch, file, rows)` (trainer/remask.py, --mask-prob) gives
+        every row fresh masks on the way, keyed by its own (epoch, file, row)."""
+        epoch, files, rows = self.examples(np.arange(start, start + count))
         B = self.cfg.batch_size
         cols = self._read(files.ravel(), rows.ravel())
+        if remask is not None:
+            cols = remask(cols, np.repeat(epoch, B), files.ravel(), rows.ravel())
         one_file = not (self.cfg.order == "global" and self.cfg.shuffle)
         return [(int(files[b, 0]) if one_file else files[b], rows[b], {k: v[b * B:(b + 1) * B] for k, v in cols.items()})
                 for b in range(count)]
