@@ -639,6 +639,10 @@ static int paragraph_words(const uint32_t *cmap, const uint32_t *pool, const Par
             break;
         }
         default:
+            for (i++; i < P->len; i++) { /* the rest is read too: its code points count as seen */
+                c = READ(P, i);
+                seen[c >> 3] |= (uint8_t)(1u << (c & 7));
+            }
             return 1;
         }
     }

@@ -8,8 +8,8 @@
     document longer than the window: at the next line, so whole paragraphs of it), and only the
     windows are read, by seeking;
   - a compressed or parquet file cannot be entered in the middle: it is read whole, and a
-    document is kept when its characters cover a point of the same grid (the file's text size is
-    estimated from its first MiB, or from parquet's metadata).
+    document is kept when its characters overlap a window of the same grid (the file's text size
+    is estimated from its first 8 MiB, or from parquet's metadata).
 The plan depends only on the inputs, the sample size and the seed; when the corpus is not larger
 than the sample, everything is read. `write_words` reads a plan's chunks and writes what the
 trainer counts: each paragraph's words (BERT's normalizer and pre-tokenizer, in C with the GIL
@@ -37,7 +37,7 @@ WINDOWS = 256               # about this many windows make up a sample
 MIN_WINDOW, MAX_WINDOW = 64 << 10, 4 << 20
 LINE_BYTES = 1 << 16        # the words file's lines: long enough that tokenizers' per-line cost vanishes
 BATCH_CHARS = 1 << 21
-Grid = tuple  # (offset, step): keep a streamed document whose characters cover offset + k * step
+Grid = tuple  # (offset, step, window): keep a streamed document that overlaps [offset + k * step, + window)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class SampleChunk:
 
 def text_size(path: Path, fmt: str) -> int:
     """The text bytes an input holds: its size, parquet's uncompressed column sizes, or for a
-    compressed file its size times the ratio of its first MiB."""
+    compressed file its size times the ratio of its first 8 MiB of text."""
     if fmt == "parquet":
         pf = corpus._parquet_file(path)
         return sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.num_row_groups))
@@ -121,7 +121,7 @@ def plan_sample(inputs: list[tuple[Path, str]], sample_bytes: int, seed: int = S
     for index, ((path, fmt), size) in enumerate(zip(inputs, sizes)):
         offset = float(np.random.default_rng([seed, VOCAB_STAGE, index]).random()) * step
         if corpus._compression(path) is not None or fmt == "parquet":
-            chunks.append(SampleChunk(str(path), fmt, None, (offset, step)))
+            chunks.append(SampleChunk(str(path), fmt, None, (offset, step, window)))
             planned += int(size * fraction)
             continue
         last = 0
@@ -139,9 +139,10 @@ def plan_sample(inputs: list[tuple[Path, str]], sample_bytes: int, seed: int = S
 
 
 def _covers(grid: Grid, start: int, end: int) -> bool:
-    """Whether characters [start, end) of a streamed input hold a point offset + k * step."""
-    offset, step = grid
-    return offset + np.ceil((start - offset) / step) * step < end
+    """Whether characters [start, end) of a streamed input overlap a window of the grid."""
+    offset, step, window = grid
+    k = max(np.floor((start - offset) / step), -1)     # the last window starting at or before `start`
+    return (k >= 0 and offset + k * step + window > start) or offset + (k + 1) * step < end
 
 
 def _documents(chunk: SampleChunk, stats: ReadStats, on_bytes) -> Iterator[list[str]]:
