@@ -82,7 +82,6 @@ def make_corpus(out: Path, mb: float = 543, docs: int = 100_000, seed: int = 0,
     vocab = np.concatenate([words.astype(object), pseudo, np.array([str(i) for i in range(2100)], dtype=object)])
     num_base = len(words) + len(pseudo)
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    chars = np.array([len(p) + 1 for p in pool])
     target = mb * 1e6 / docs                                  # bytes per document
     with open(out, "w", encoding="utf-8") as f:
         for d in range(docs):

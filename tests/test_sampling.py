@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, trainers
+from tokenizers import trainers
 
 from bertprep.preprocess import sampling, wikitext
 from bertprep.preprocess.corpus import DOC_BREAK, ReadStats, read_corpus
