@@ -7,7 +7,9 @@ the workers read the sample, not the driver."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,16 @@ def test_on_a_cluster_the_workers_read_the_sample(tmp_path, monkeypatch, capsys)
     for name in ("tokenizer.json", "vocab.txt", "ids.bin", "sentences.bin", "documents.bin"):
         assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "cluster" / name).read_bytes(), name
     assert not [p for p in (tmp_path / "cluster").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_vocab_step_shows_a_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for progress, tty, shown in ((True, True, True), (True, False, False), (False, True, False)):
+        err = Terminal() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        sampling.train_vocab(VocabConfig(vocab_size=300), [(PLAIN, "text")], tmp_path, None, progress, 1 << 26)
+        assert ("vocab: reading" in err.getvalue()) == shown, (progress, tty)
+    assert not list(tmp_path.iterdir())  # the words file is gone
