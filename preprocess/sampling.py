@@ -3,10 +3,11 @@
 `plan_sample(inputs, sample_bytes, seed)` picks whole documents, evenly spread over every input:
   - an uncompressed text, WikiText or jsonl file is cut by a grid: with f = sample / corpus, a
     window of U bytes (U = sample / 256, between 64 KiB and 4 MiB) is read every U / f bytes,
-    from an offset in the first step drawn from `default_rng([seed, VOCAB_STAGE, input index])`;
+    from an offset in the first step (or the whole input, when smaller) drawn from
+    `default_rng([seed, VOCAB_STAGE, input index])`;
     each window starts and ends at the first document boundary at or after its grid points (a
-    document longer than the window: at the next line, so whole paragraphs of it), and only the
-    windows are read, by seeking;
+    document longer than the window, or the last one of the input: at the next line, so whole
+    paragraphs of it), and only the windows are read, by seeking;
   - a compressed or parquet file cannot be entered in the middle: it is read whole, and a
     document is kept when its characters overlap a window of the same grid (the file's text size
     is estimated from its first 8 MiB, or from parquet's metadata).
@@ -119,7 +120,8 @@ def plan_sample(inputs: list[tuple[Path, str]], sample_bytes: int, seed: int = S
     step = window / fraction
     chunks, planned = [], 0
     for index, ((path, fmt), size) in enumerate(zip(inputs, sizes)):
-        offset = float(np.random.default_rng([seed, VOCAB_STAGE, index]).random()) * step
+        # In an input smaller than a step the first window still falls inside: every input gives text.
+        offset = float(np.random.default_rng([seed, VOCAB_STAGE, index]).random()) * min(step, size)
         if corpus._compression(path) is not None or fmt == "parquet":
             chunks.append(SampleChunk(str(path), fmt, None, (offset, step, window)))
             planned += int(size * fraction)

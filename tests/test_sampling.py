@@ -115,6 +115,13 @@ def test_every_input_gives_its_share_streamed_ones_too(tmp_path):
     assert 0 < len(gz_docs) < len(whole) and all(d in whole for d in gz_docs)   # whole documents of it
 
 
+def test_a_small_input_beside_a_large_one_still_gives_text(tmp_path):
+    big = wiki_copies(tmp_path, 20)
+    for seed in range(5):
+        chunks, _, _ = sampling.plan_sample([(big, "wikitext"), (PLAIN, "text")], 300_000, seed=seed)
+        assert any(c.path == str(PLAIN) for c in chunks), seed
+
+
 def test_a_corpus_no_larger_than_the_sample_is_read_whole(tmp_path):
     chunks, total, planned = sampling.plan_sample([(WIKI, "wikitext"), (PLAIN, "text")], 10 << 20)
     assert [(c.span, c.grid) for c in chunks] == [(None, None)] * 2 and planned == total
