@@ -64,7 +64,7 @@ def tokenize(corpus, **flags):
 
     Inputs may be plain text, WikiText-103 (.tokens), .jsonl (a 'text' field per line) or .parquet (a
     'text' column), each optionally .gz/.bz2/.zst compressed. Without --vocab/--tokenizer a WordPiece
-    vocab is trained on the corpus first. Writes ids.bin, sentences.bin, documents.bin,
+    vocab is trained first, on a sample of the corpus (--vocab-sample-mb; 0 = all of it). Writes ids.bin, sentences.bin, documents.bin,
     tokenizer.json, vocab.txt and manifest.json (last) to --out.
 
     Example: bertprep tokenize wiki.train.tokens --out tokens/
@@ -79,11 +79,15 @@ def tokenize(corpus, **flags):
     m, c = result["manifest"], result["manifest"]["counts"]
     bad = f", {c['invalid_utf8']} invalid UTF-8 sequences replaced" if c["invalid_utf8"] else ""
     on = f" on {result['cluster']}, {result['chunks']:,} chunks" if result["cluster"] else ""
+    source = m["tokenizer"]["source"]
+    if (sample := result["vocab_sample"]) and sample["sampled"]:
+        source += (f" on a {_mb(sample['bytes'])} sample of {_mb(sample['of'])}, --vocab-sample-mb "
+                   f"{cfg.vocab.vocab_sample_mb:g}")
     click.echo(
         f"tokenized {_mb(c['bytes_read'])}: {c['documents']:,} documents, {c['sentences']:,} sentences, "
         f"{c['tokens']:,} tokens ([UNK] {100 * c['unk_rate']:.2f}%{bad}) in {result['seconds']:.1f}s "
         f"= {result['tokens_per_s']:,.0f} tokens/s ({result['backend']}{on}); vocab {m['tokenizer']['vocab_size']:,} "
-        f"({m['tokenizer']['source']}) -> {cfg.out}/ (label '{m['label']}')"
+        f"({source}) -> {cfg.out}/ (label '{m['label']}')"
     )
 
 

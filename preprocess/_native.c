@@ -16,6 +16,10 @@
  * Encoder(tokens, ids, prefix, unk_id, max_chars, cmap, pool, spaces, abbreviations, abbrev_cb)
  * Encoder.encode(paragraphs: list[str], opens: bytes) -> (ids int32 bytes, lengths int64 bytes,
  *     starts uint8 bytes, slow: list[(sentence index, sentence str)])
+ * words(cmap, pool, paragraphs: list[str], line_bytes) -> (text utf-8 bytes, slow: list[paragraph
+ *     index], seen: bitmap bytes of the code points read): the words BertNormalizer and
+ *     BertPreTokenizer make of the paragraphs, separated by spaces, a newline after the paragraph
+ *     that takes a line past line_bytes; what vocab training counts (`preprocess/vocab.py`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -573,6 +577,158 @@ out:
     return result;
 }
 
+/* ---------------------------------------------------------------- words, for vocab training */
+
+static inline int put_utf8(Buf *b, uint32_t cp) {
+    if (buf_grow(b, 4) < 0) return -1;
+    unsigned char *o = (unsigned char *)b->p + b->n;
+    if (cp < 0x80) {
+        o[0] = (unsigned char)cp;
+        b->n += 1;
+    } else if (cp < 0x800) {
+        o[0] = 0xC0 | (cp >> 6);
+        o[1] = 0x80 | (cp & 0x3F);
+        b->n += 2;
+    } else if (cp < 0x10000) {
+        o[0] = 0xE0 | (cp >> 12);
+        o[1] = 0x80 | ((cp >> 6) & 0x3F);
+        o[2] = 0x80 | (cp & 0x3F);
+        b->n += 3;
+    } else {
+        o[0] = 0xF0 | (cp >> 18);
+        o[1] = 0x80 | ((cp >> 12) & 0x3F);
+        o[2] = 0x80 | ((cp >> 6) & 0x3F);
+        o[3] = 0x80 | (cp & 0x3F);
+        b->n += 4;
+    }
+    return 0;
+}
+
+/* A space between words: never two, never at a line start. */
+static inline int put_gap(Buf *b, size_t line_start) {
+    if (b->n == line_start || b->p[b->n - 1] == ' ') return 0;
+    return BUF_PUSH(b, char, ' ');
+}
+
+static inline int put_item(Buf *b, size_t line_start, int cls, uint32_t cp) {
+    if (cls == CL_WORD) return put_utf8(b, cp);
+    if (put_gap(b, line_start) < 0) return -1;
+    if (cls == CL_SPACE) return 0;
+    if (put_utf8(b, cp) < 0) return -1; /* punctuation: a word of its own */
+    return BUF_PUSH(b, char, ' ');
+}
+
+/* One paragraph's words appended to `out`: 0, 1 when a character is SLOW (the caller drops what
+ * was appended), -1 on memory exhaustion. */
+static int paragraph_words(const uint32_t *cmap, const uint32_t *pool, const Para *P, Buf *out, size_t line_start,
+                           uint8_t *seen) {
+    for (Py_ssize_t i = 0; i < P->len; i++) {
+        Py_UCS4 c = READ(P, i);
+        seen[c >> 3] |= (uint8_t)(1u << (c & 7));
+        uint32_t e = c < CMAP_LIMIT ? cmap[c] : TAG_SLOW;
+        switch (e & 3) {
+        case TAG_ONE:
+            if (put_item(out, line_start, (e >> 2) & 3, e >> 8) < 0) return -1;
+            break;
+        case TAG_GONE:
+            break;
+        case TAG_MANY: {
+            const uint32_t *item = pool + (e >> 8);
+            for (uint32_t k = 0, m = (e >> 4) & 15; k < m; k++)
+                if (put_item(out, line_start, item[k] >> 24, item[k] & 0xFFFFFF) < 0) return -1;
+            break;
+        }
+        default:
+            for (i++; i < P->len; i++) { /* the rest is read too: its code points count as seen */
+                c = READ(P, i);
+                seen[c >> 3] |= (uint8_t)(1u << (c & 7));
+            }
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *native_words(PyObject *self, PyObject *args) {
+    Py_buffer cmap, pool;
+    PyObject *paras, *result = NULL;
+    Py_ssize_t line_bytes;
+    if (!PyArg_ParseTuple(args, "y*y*O!n", &cmap, &pool, &PyList_Type, &paras, &line_bytes)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paras);
+    Para *P = calloc(n ? n : 1, sizeof(Para));
+    uint8_t *seen = calloc(0x110000 / 8, 1);
+    Buf out = {0}, slow = {0};
+    int rc = 0;
+    if (cmap.len != CMAP_LIMIT * 4) {
+        PyErr_SetString(PyExc_ValueError, "words: cmap must hold CMAP_LIMIT uint32 entries");
+        goto out;
+    }
+    if (!P || !seen) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(paras, i);
+        if (!PyUnicode_Check(s)) {
+            PyErr_SetString(PyExc_TypeError, "words: paragraphs must be str");
+            goto out;
+        }
+        Py_INCREF(s); /* held while the GIL is released */
+        P[i].obj = s;
+        P[i].data = PyUnicode_DATA(s);
+        P[i].kind = PyUnicode_KIND(s);
+        P[i].len = PyUnicode_GET_LENGTH(s);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    size_t line_start = 0;
+    for (Py_ssize_t i = 0; i < n && rc >= 0; i++) {
+        size_t mark = out.n;
+        rc = paragraph_words(cmap.buf, pool.buf, &P[i], &out, line_start, seen);
+        if (rc == 1) {
+            out.n = mark;
+            rc = BUF_PUSH(&slow, int64_t, (int64_t)i);
+        } else if (rc == 0 && out.n - line_start >= (size_t)line_bytes) {
+            if (out.n > line_start && out.p[out.n - 1] == ' ') out.n--;
+            rc = BUF_PUSH(&out, char, '\n');
+            line_start = out.n;
+        } else if (rc == 0) {
+            rc = put_gap(&out, line_start);
+        }
+    }
+    if (rc >= 0 && out.n > line_start) { /* the text ends with a line end */
+        if (out.p[out.n - 1] == ' ') out.n--;
+        if (out.n > line_start) rc = BUF_PUSH(&out, char, '\n');
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    Py_ssize_t nslow = (Py_ssize_t)(slow.n / sizeof(int64_t));
+    PyObject *slow_list = PyList_New(nslow);
+    if (!slow_list) goto out;
+    for (Py_ssize_t k = 0; k < nslow; k++)
+        PyList_SET_ITEM(slow_list, k, PyLong_FromLongLong(((const int64_t *)slow.p)[k]));
+    result = Py_BuildValue("(NNN)", bytes_of(&out), slow_list,
+                           PyBytes_FromStringAndSize((const char *)seen, 0x110000 / 8));
+out:
+    if (P)
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(P[i].obj);
+    free(P);
+    free(seen);
+    free(out.p);
+    free(slow.p);
+    PyBuffer_Release(&cmap);
+    PyBuffer_Release(&pool);
+    return result;
+}
+
+static PyMethodDef native_functions[] = {
+    {"words", native_words, METH_VARARGS,
+     "words(cmap, pool, paragraphs, line_bytes) -> (text utf-8 bytes, slow paragraph indices, seen bitmap)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Encoder_methods[] = {
     {"encode", (PyCFunction)Encoder_encode, METH_VARARGS,
      "encode(paragraphs, opens) -> (ids int32 bytes, lengths int64 bytes, starts uint8 bytes, slow list)"},
@@ -591,7 +747,8 @@ static PyTypeObject EncoderType = {
 };
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_native", "C WordPiece for bertprep tokenize (see preprocess/native.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_native", "C WordPiece for bertprep tokenize (see preprocess/native.py).", -1,
+    native_functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

@@ -300,18 +300,23 @@ def _skip_line(f) -> None:
         pass
 
 
-def _boundary_after(f, at: int, fmt: str) -> int | None:
+def _boundary_after(f, at: int, fmt: str, limit: int | None = None) -> int | None:
     """The first document boundary at or after byte `at`, or None when there is none before the
-    end. Only lines shorter than BOUNDARY_LINE are looked at: the reader never cuts those."""
+    end. Only lines shorter than BOUNDARY_LINE are looked at: the reader never cuts those. With
+    `limit`, a boundary must start before it, else (the end of the file too) the first line start
+    at or after `at` is returned (the vocab sample's windows in a long document)."""
     f.seek(at - 1)
     if f.read(1) != b"\n":
         _skip_line(f)  # `at` is inside a line: start at the next one
+    first = f.tell()
     while True:
         start = f.tell()
+        if limit is not None and start >= limit:
+            return first
         line = f.readline(BOUNDARY_LINE)
         if not line.endswith(b"\n"):
             if len(line) < BOUNDARY_LINE:  # the end of the file
-                return None
+                return None if limit is None else first
             _skip_line(f)
             continue
         if _opens_document(fmt, line[:-1]):

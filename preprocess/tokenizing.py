@@ -17,7 +17,8 @@ after another; with --cluster each span is a task on a Dask worker (`tokenize_ch
 writes the span's ids to a piece file in --out, and the driver appends the pieces in span order
 with the same `TokenStoreWriter` and writes the manifest last (`preprocess/cluster.py` talks to
 Dask). Both run the same loop (`encode_stream`) on the same spans, so they cannot drift apart.
-Vocab training, when no vocab is given, is one pass over the whole corpus on the driver first.
+Vocab training, when no vocab is given, comes first: on a sample of the corpus (--vocab-sample-mb,
+`preprocess/sampling.py`), read here or, with --cluster, by the workers.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from bertprep.preprocess.corpus import (DOC_BREAK, InputFormat, ReadStats, Span,
                                         read_corpus)
 from bertprep.preprocess.cluster import ClusterConfig
 from bertprep.preprocess.reference import ReferenceEncoder
-from bertprep.preprocess.vocab import (VocabConfig, load_tokenizer_json, load_vocab_txt, special_ids,
-                                       tokenizer_files, train_tokenizer)
+from bertprep.preprocess.vocab import VocabConfig, load_tokenizer_json, load_vocab_txt, special_ids, tokenizer_files
 from bertprep.shards import tokenstore
 from bertprep.shards.atomic import environment_errors, output_lock, remove_stale_temps, sha256_file
 from bertprep.shards.errors import ConfigError, InputError
@@ -197,7 +197,8 @@ def _run_key(cfg: TokenizeConfig, resolved: list[tuple[Path, str]]) -> dict:
         "inputs": [{"path": str(p), "bytes": p.stat().st_size, "format": fmt} for p, fmt in resolved],
         "label": cfg.resolved_label,
         "vocab": {"vocab": str(v.vocab) if v.vocab else None, "tokenizer": str(v.tokenizer) if v.tokenizer else None,
-                  "vocab_size": v.vocab_size, "lowercase": v.lowercase, "min_frequency": v.min_frequency},
+                  "vocab_size": v.vocab_size, "lowercase": v.lowercase, "min_frequency": v.min_frequency,
+                  "vocab_sample_mb": v.vocab_sample_mb},
     }
 
 
@@ -253,23 +254,20 @@ def _check_inputs_survive(cfg: TokenizeConfig, files: dict[str, bytes] | None) -
                                  f"{cfg.out} (with other bytes); copy it elsewhere or choose another --out")
 
 
-def _load_or_train(cfg: TokenizeConfig, resolved, total_bytes: int):
+def _load_or_train(cfg: TokenizeConfig, resolved, session):
+    """The tokenizer, where it comes from, and what the vocab was trained on (None: not trained)."""
     v = cfg.vocab
     if v.vocab:
         check_input(v.vocab, "--vocab")
-        return load_vocab_txt(v.vocab, v.lowercase), "vocab.txt"
+        return load_vocab_txt(v.vocab, v.lowercase), "vocab.txt", None
     if v.tokenizer:
         check_input(v.tokenizer, "--tokenizer")
-        return load_tokenizer_json(v.tokenizer), "tokenizer.json"
-    bar = _progress(2 * total_bytes, cfg.progress, "training vocab")
+        return load_tokenizer_json(v.tokenizer), "tokenizer.json", None
+    from bertprep.preprocess import sampling
 
-    def texts():
-        paragraphs = (p for path, fmt in resolved for p in read_corpus(path, fmt, ReadStats(), bar.update))
-        return _in_background(p for p in paragraphs if p is not DOC_BREAK)
-
-    with bar:
-        tok = train_tokenizer(texts, v)
-    return tok, "trained"
+    tok, sample = sampling.train_vocab(v, resolved, Path(os.path.abspath(cfg.out)), session, cfg.progress,
+                                       cfg.chunk_bytes)
+    return tok, "trained", sample
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
@@ -301,7 +299,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
         _prepare_out(cfg, run_key)
         # A cluster is reached and checked first: a wrong address fails in seconds, not after the vocab.
         session = _open_cluster(cfg, stack) if cfg.cluster.address else None
-        tok, source = _load_or_train(cfg, resolved, total_bytes)
+        tok, source, sample = _load_or_train(cfg, resolved, session)
         specials = special_ids(tok, source)
         files = tokenizer_files(tok)
         _check_inputs_survive(cfg, files)
@@ -333,7 +331,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict:
         where = session.describe() if session else None
     seconds = time.perf_counter() - t0
     return {"manifest": manifest, "seconds": seconds, "tokens_per_s": manifest["counts"]["tokens"] / seconds,
-            "backend": backend, "fallback_reason": fallback_reason, "chunks": len(chunks), "cluster": where}
+            "backend": backend, "fallback_reason": fallback_reason, "chunks": len(chunks), "cluster": where,
+            "vocab_sample": sample}
 
 
 def _counts(unk: int, tokens: int, stats: ReadStats) -> dict:
