@@ -339,7 +339,7 @@ class _Run:
                     batch = feed.next()
                     with dist.no_sync(self.model, m < cfg.loop.grad_accum - 1), self.autocast():
                         mlm, nsp = self.model(batch["input_ids"], batch["token_type_ids"], batch["length"],
-                                              batch["masked_positions"])
+                                              batch["masked_positions"], batch.get("doc_starts"))
                         loss, parts = pretraining_loss(mlm, nsp, batch, accuracy=False)
                     (loss / cfg.loop.grad_accum).backward()
                     window += torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
