@@ -73,7 +73,8 @@ def bench_steps(shape: str, data: dict[str, list], *, vocab: int, T: int, steps:
         for k, model in models.items():  # alternate: load hits both alike
             b = data[k][i % len(data[k])]
             t0 = time.perf_counter()
-            mlm, nsp = model(b["input_ids"], b["token_type_ids"], b["length"], b["masked_positions"], b.get("doc_starts"))
+            mlm, nsp = model(b["input_ids"], b["token_type_ids"], b["length"], b["masked_positions"],
+                             b.get("doc_starts"))
             loss, _ = pretraining_loss(mlm, nsp, b, accuracy=False)
             loss.backward()
             opts[k].step()

@@ -4,7 +4,8 @@
 `columns`, `take(rows)` and `slice(start, stop)`, both returning a dict of numpy arrays
 (`input_ids` (n, max_len), `token_type_ids` (n, max_len), `length` (n,), `masked_positions`
 (n, max_predictions), `masked_ids` (n, max_predictions), `num_masked` (n,), `nsp_label` (n,)
-when the shards have NSP, and `doc_starts` (n, max_len // 3) and `num_docs` (n,) in `pack` shards). Arrow shards are memory-mapped; msgpack shards are decoded.
+when the shards have NSP, and `doc_starts` (n, max_len // 3) and `num_docs` (n,) in `pack`
+shards). Arrow shards are memory-mapped; msgpack shards are decoded.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ Differences from a textbook BERT that matter for speed, none for the maths:
 - `pack` shards hold several documents per row; with their `doc_starts` the attention mask is
   block-diagonal (a (B, 1, T, T) boolean: a token sees only its own document piece, never
   padding) and positions restart at 0 at each piece's [CLS] (`document_layout`). A boolean SDPA
-  mask, not FlexAttention: on CPU at T = 128 it is 3x faster than compiled `flex_attention`
-  (bench/README.md, Packing); on CUDA a boolean mask sends SDPA to its memory-efficient kernel;
+  mask, not FlexAttention: on CPU FlexAttention has no backward, and its compiled forward is 2.9x
+  slower at T = 128 (bench/README.md, Packing); on CUDA the boolean mask sends SDPA to its
+  memory-efficient kernel;
 - on CPU in bf16, attention is plain matmuls and a float32 softmax (`attention_math`): there the
   fused flash kernel is slower at BERT's lengths on a CPU with AMX (without AMX bf16 does not pay on CPU:
   bench/README.md, Quality).
