@@ -109,7 +109,8 @@ def shard(**flags):
     per_split = ", ".join(f"{k} {v['examples']:,}" for k, v in m["splits"].items())
     on = f" on {result['cluster']} ({result['chunks']:,} chunks)" if result.get("cluster") else ""
     click.echo(f"sharded: {per_split} examples in {len(m['files'])} files; mask rate {m['mask_rate']:.4f}, "
-               f"padding {100 * m['padding_fraction']:.1f}%; {result['seconds']:.1f}s = "
+               f"padding {100 * m['padding_fraction']:.1f}% (packing efficiency "
+               f"{100 * m['packing_efficiency']:.1f}%); {result['seconds']:.1f}s = "
                f"{result['examples_per_s']:,.0f} examples/s{on} -> {cfg.out}/")
     for split in m["empty_splits"]:
         click.echo(f"warning: split '{split}' got no examples (too few documents for --split {cfg.split}); "

@@ -39,8 +39,20 @@ Two strategies:
   "Other" means neither the document of A's last token nor that of B's first; a window finds one
   among 8 random draws from the pool that is long enough, or else keeps its real B (label 1).
 
+* `pack`: the chunk's documents, in order, fill rows of exactly max_len slots with no padding:
+  each document piece is `[CLS] piece [SEP]` (a row may hold several), and a document that does
+  not fit in what is left of a row is cut at the row's end and carried on in the next row as a
+  new piece (so the sentences before the cut are whole and the one across it is cut). A piece
+  needs 3 slots, so a row with 1 or 2 slots left after a document ends is closed with that much
+  [PAD], and the chunk's last row is padded: nothing else is, and no token is lost or repeated.
+  Each row's pieces are listed in `doc_starts` (start slot of each `[CLS]`) and `num_docs`, from
+  which the trainer builds block-diagonal attention and positions that restart at each piece.
+  A [CLS] per piece (as ModernBERT's packing concatenates whole `[CLS] ... [SEP]` sequences)
+  makes every piece exactly the input an unpacked example of that length would be: position 0
+  is [CLS], and each piece has its own [CLS] to attend to. No NSP (rows hold no pairs).
+
 Documents are walked by a Python loop over examples in `segment` (sentences are the unit; each
-step is a bisect); everything per token is vectorized.
+step is a bisect) and over documents in `pack`; everything per token is vectorized.
 """
 
 from __future__ import annotations
@@ -62,16 +74,20 @@ class PackConfig:
     """How documents become examples."""
 
     max_len: int = option(128, at_least=8, at_most=4096, help="Tokens per example (8..4096), [CLS]/[SEP] included.")
-    strategy: Literal["segment", "split"] = option("segment", help=(
+    strategy: Literal["segment", "split", "pack"] = option("segment", help=(
         "segment: sentences of one document up to the length, as google-research/bert builds instances, with what "
         "passes the length carried into the next example; split: contiguous windows of exactly max-len - 2 tokens "
-        "(no padding)."))
+        "(no padding); pack: consecutive documents fill every example, each document piece [CLS] ... [SEP], with "
+        "the boundaries stored for per-document attention (no NSP)."))
     short_seq_prob: float = option(0.1, at_least=0, at_most=1,
                                    help="Share of segment-strategy examples given a random shorter target length.")
     nsp: bool = option(False, help="Make [CLS] A [SEP] B [SEP] pairs with next-sentence labels (50% random B).")
 
     def __post_init__(self):
         check(self)
+        if self.strategy == "pack" and self.nsp:
+            raise ConfigError("--nsp does not apply to --strategy pack (a packed example holds whole document "
+                              "pieces, not sentence pairs); drop --nsp or use --strategy segment")
 
     @property
     def budget(self) -> int:
@@ -98,6 +114,8 @@ class PackedBatch:
     token_type_ids: np.ndarray  # (N, max_len) uint8: 0 for [CLS], A, its [SEP]; 1 for B, its [SEP]
     length: np.ndarray  # (N,) uint16: real tokens
     nsp_label: np.ndarray | None  # (N,) int8: 1 = B follows A, 0 = random B; None without NSP
+    doc_starts: np.ndarray | None = None  # (N, max_len // 3) uint16, `pack` only: each piece's [CLS] slot, 0 after
+    num_docs: np.ndarray | None = None  # (N,) uint16, `pack` only: document pieces in the row
 
 
 def pack_documents(ids: np.ndarray, sent_offsets: np.ndarray, doc_offsets: np.ndarray,
@@ -108,6 +126,8 @@ def pack_documents(ids: np.ndarray, sent_offsets: np.ndarray, doc_offsets: np.nd
     ids, sent_offsets, doc_offsets = np.asarray(ids), np.asarray(sent_offsets), np.asarray(doc_offsets)
     doc_ids = _check_docs(np.asarray(doc_ids), doc_offsets, "doc_ids")
     pool = _check_docs(np.asarray(random_doc_pool), doc_offsets, "random_doc_pool")
+    if cfg.strategy == "pack":
+        return _pack_packed(ids, sent_offsets, doc_offsets, doc_ids, cfg, special)
     if cfg.strategy == "split":
         return _pack_split(ids, sent_offsets, doc_offsets, doc_ids, pool, cfg, special, rng)
     return _pack_segments(ids, sent_offsets, doc_offsets, doc_ids, pool, cfg, special, rng)
@@ -339,3 +359,52 @@ def _pack_split(ids, sent_offsets, doc_offsets, doc_ids, pool, cfg, special, rng
         stream = np.concatenate([stream, extra])
         label[rows] = 0
     return _assemble(stream, a_start, a_len, b_start, b_len, label, cfg, special)
+
+
+def _pack_packed(ids, sent_offsets, doc_offsets, doc_ids, cfg, special) -> PackedBatch:
+    """`pack`: documents laid end to end as `[CLS] piece [SEP]` blocks in rows of max_len slots."""
+    W = cfg.max_len
+    w2 = W - 2  # tokens in a piece that fills a row alone
+    tok_start = sent_offsets[doc_offsets[doc_ids]].astype(np.int64)
+    doc_len = sent_offsets[doc_offsets[doc_ids + 1]].astype(np.int64) - tok_start
+    keep = doc_len > 0
+    tok_start, doc_len = tok_start[keep], doc_len[keep]
+    # Where each document's first piece goes: the only sequential part, O(1) per document.
+    r0, c0, first = (np.empty(doc_len.size, dtype=np.int64) for _ in range(3))
+    r = c = 0
+    for i, n in enumerate(doc_len.tolist()):
+        if W - c < 3:  # no room for [CLS] token [SEP]: close the row (1 or 2 [PAD])
+            r, c = r + 1, 0
+        f = min(n, W - c - 2)
+        r0[i], c0[i], first[i] = r, c, f
+        rest = n - f
+        if rest:  # carried on in full rows, then a tail piece at the start of the next row
+            r, c = r + 1 + rest // w2, (rest % w2 + 2 if rest % w2 else 0)
+        else:
+            c += f + 2
+    n_rows = r + (c > 0)
+    # Every piece: the first one of each document, then its full rows, then its tail.
+    rest = doc_len - first
+    full, tail = rest // w2, rest % w2
+    per_doc = 1 + full + (tail > 0)
+    doc_of = np.repeat(np.arange(doc_len.size), per_doc)
+    j = np.arange(doc_of.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)  # piece number in its document
+    p_row = r0[doc_of] + j
+    p_col = np.where(j == 0, c0[doc_of], 0)
+    p_tok = tok_start[doc_of] + np.where(j == 0, 0, first[doc_of] + (j - 1) * w2)
+    p_len = np.where(j == 0, first[doc_of], np.where(j <= full[doc_of], w2, tail[doc_of]))
+    # Rows: tokens, then [CLS] and [SEP] around each piece; the rest is [PAD].
+    out = np.full((n_rows, W), special.pad, dtype=ids.dtype)
+    flat = out.reshape(-1)
+    at = p_row * W + p_col
+    flat[_ranges(at + 1, p_len)] = ids[_ranges(p_tok, p_len)]
+    flat[at] = special.cls
+    flat[at + p_len + 1] = special.sep
+    num_docs = np.bincount(p_row, minlength=n_rows)
+    length = np.bincount(p_row, weights=p_len + 2, minlength=n_rows).astype(np.int64)
+    slot = np.arange(p_row.size) - (np.cumsum(num_docs) - num_docs)[p_row]  # piece number in its row
+    doc_starts = np.zeros((n_rows, W // 3), dtype=np.uint16)
+    doc_starts[p_row, slot] = p_col
+    return PackedBatch(input_ids=out, token_type_ids=np.zeros((n_rows, W), dtype=np.uint8),
+                       length=length.astype(np.uint16), nsp_label=None, doc_starts=doc_starts,
+                       num_docs=num_docs.astype(np.uint16))

@@ -140,6 +140,8 @@ def make_examples(store: TokenStore, docs: np.ndarray, pool: np.ndarray, rng: np
     }
     if pack.nsp:
         columns["nsp_label"] = packed.nsp_label.astype(np.int8)
+    if packed.doc_starts is not None:
+        columns["doc_starts"], columns["num_docs"] = packed.doc_starts, packed.num_docs
     return columns
 
 
@@ -152,8 +154,10 @@ def chunk_columns(store: TokenStore, docs: np.ndarray, pool: np.ndarray, seed_po
 
 def chunk_stats(columns: dict[str, np.ndarray], nsp: bool) -> dict[str, int]:
     lengths = columns["length"].astype(np.int64)
+    # [CLS] and [SEP]s per row: one pair per document piece in `pack` rows
+    specials = 2 * columns["num_docs"].astype(np.int64) if "num_docs" in columns else (3 if nsp else 2)
     return {"examples": len(lengths), "real_tokens": int(lengths.sum()),
-            "candidates": int((lengths - (3 if nsp else 2)).clip(0).sum()), "masked": int(columns["num_masked"].sum())}
+            "candidates": int((lengths - specials).clip(0).sum()), "masked": int(columns["num_masked"].sum())}
 
 
 def _run_task(args) -> dict[str, np.ndarray]:
@@ -363,6 +367,7 @@ def _write_run(cfg: ShardConfig, plan: "RunPlan") -> tuple[dict, int, int, str |
             "documents": s["documents"], "examples": s["examples"], "real_tokens": s["real_tokens"],
             "mask_rate": round(s["masked"] / max(s["candidates"], 1), 6),
             "padding_fraction": round(1 - s["real_tokens"] / max(s["examples"] * cfg.max_len, 1), 6),
+            "packing_efficiency": round(s["real_tokens"] / max(s["examples"] * cfg.max_len, 1), 6),
         }
     if not files:
         raise InputError(f"{cfg.tokens}: the token store yields no examples at --max-len {cfg.max_len}")
@@ -373,6 +378,7 @@ def _write_run(cfg: ShardConfig, plan: "RunPlan") -> tuple[dict, int, int, str |
         "splits": stats, "empty_splits": empty,
         "mask_rate": round(sum(v["mask_rate"] * v["examples"] for v in stats.values()) / max(all_examples, 1), 6),
         "padding_fraction": round(1 - all_real / max(all_examples * cfg.max_len, 1), 6),
+        "packing_efficiency": round(all_real / max(all_examples * cfg.max_len, 1), 6),  # real tokens / slots
     }
     try:
         manifest = write_manifest(cfg.out / naming.manifest_name(plan.label, cfg.max_len, cfg.seed), body)

@@ -21,7 +21,7 @@ from bertprep.shards.errors import ShardFormatError
 
 def arrow_schema(meta: dict) -> pa.Schema:
     fields = []
-    for name in schema.column_names(bool(meta["nsp"])):
+    for name in schema.column_names(meta):
         width, dtype = schema.column_spec(name, meta)
         typ = pa.from_numpy_dtype(dtype)
         fields.append(pa.field(name, typ if width is None else pa.list_(typ, width), nullable=False))
@@ -90,7 +90,7 @@ class ArrowShard:
             self.meta = schema.check_meta(json.loads(raw), where)
             if not reader.schema.equals(arrow_schema(self.meta), check_metadata=False):
                 raise ShardFormatError(f"{where}: Arrow schema differs from the one its metadata implies")
-            self.columns = schema.column_names(bool(self.meta["nsp"]))
+            self.columns = schema.column_names(self.meta)
             views: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
             starts = [0]
             for i in range(reader.num_record_batches):

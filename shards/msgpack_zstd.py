@@ -26,7 +26,7 @@ MAX_DECODED_BYTES = 8 << 30
 
 def _row_bytes(meta: dict) -> int:
     total = 0
-    for name in schema.column_names(bool(meta["nsp"])):
+    for name in schema.column_names(meta):
         width, dtype = schema.column_spec(name, meta)
         total += (width or 1) * dtype.itemsize
     return total
@@ -47,7 +47,7 @@ class MsgpackShardWriter:
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
         schema.check_columns(columns, self.meta, str(self.path))
-        names = schema.column_names(bool(self.meta["nsp"]))
+        names = schema.column_names(self.meta)
         le = {n: columns[n].astype(columns[n].dtype.newbyteorder("<"), copy=False) for n in names}
         for i in range(len(columns["length"])):
             self._records.write(self._packer.pack({n: le[n][i].tobytes() for n in names}))
@@ -105,7 +105,7 @@ class MsgpackShard:
                 if not isinstance(n, int) or n < 0 or n * _row_bytes(self.meta) > self._max:
                     raise ShardFormatError(f"{where}: header claims {n!r} examples, beyond the "
                                            f"{self._max >> 20} MiB a shard may decode to")
-                self.columns = schema.column_names(bool(self.meta["nsp"]))
+                self.columns = schema.column_names(self.meta)
                 specs = {c: schema.column_spec(c, self.meta) for c in self.columns}
                 arrays = {c: np.zeros((n,) + ((w,) if w else ()), dtype=d) for c, (w, d) in specs.items()}
                 for i in range(n):

@@ -3,8 +3,9 @@
 `open_shard(path)` gives an object with `path`, `meta` (the shard's settings), `num_examples`,
 `columns`, `take(rows)` and `slice(start, stop)`, both returning a dict of numpy arrays
 (`input_ids` (n, max_len), `token_type_ids` (n, max_len), `length` (n,), `masked_positions`
-(n, max_predictions), `masked_ids` (n, max_predictions), `num_masked` (n,), and `nsp_label` (n,)
-when the shards have NSP). Arrow shards are memory-mapped; msgpack shards are decoded.
+(n, max_predictions), `masked_ids` (n, max_predictions), `num_masked` (n,), `nsp_label` (n,)
+when the shards have NSP, and `doc_starts` (n, max_len // 3) and `num_docs` (n,) in `pack`
+shards). Arrow shards are memory-mapped; msgpack shards are decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from bertprep.shards.arrow_ipc import ArrowShard
 from bertprep.shards.errors import ShardFormatError
 from bertprep.shards.msgpack_zstd import MsgpackShard
+from bertprep.shards.schema import PACK_STRATEGY
 
 # Settings that must agree across shards that are trained on together.
 COMPATIBLE_KEYS = ("max_len", "max_predictions", "vocab_size", "id_dtype", "special_ids", "nsp", "tokenizer_sha256")
@@ -44,7 +46,16 @@ def check_compatible(shards: list, what: str = "shards") -> dict:
                     f"{s.path}: {key} is {s.meta.get(key)!r} but {first.path} has {first.meta.get(key)!r}; "
                     f"{what} trained together must come from one tokenizer and one --max-len"
                 )
+        if _packed(s) != _packed(first):
+            raise ShardFormatError(
+                f"{s.path}: strategy is {s.meta['strategy']!r} but {first.path} has {first.meta['strategy']!r}; "
+                f"{what} trained together are either all `pack` shards (with document boundaries) or none"
+            )
     return {k: first.meta[k] for k in COMPATIBLE_KEYS}
+
+
+def _packed(shard) -> bool:
+    return shard.meta["strategy"] == PACK_STRATEGY
 
 
 def open_shards(paths) -> list:

@@ -81,15 +81,19 @@ def render_example(row: dict[str, np.ndarray], meta: dict, vocab: list[str] | No
             marks[p] = f"«{token_text(vocab, orig)}»"  # kept: still a target
         else:
             marks[p] = f"«{token_text(vocab, ids[p])}?»"  # replaced by a random token
-    pieces = {0: [], 1: []}
-    for pos, (tid, seg) in enumerate(zip(ids, types)):
-        pieces[seg].append(marks.get(pos, token_text(vocab, tid)))
+    words = [marks.get(pos, token_text(vocab, tid)) for pos, tid in enumerate(ids)]
     head = f"example {index}: {length} tokens, {k} to predict"
     if "nsp_label" in row:
         head += f", NSP: {'B follows A (1)' if int(row['nsp_label']) == 1 else 'random B (0)'}"
-    lines = [head, "  A: " + " ".join(pieces[0])]
-    if pieces[1]:
-        lines.append("  B: " + " ".join(pieces[1]))
+    if "num_docs" in row:  # `pack`: one line per document piece
+        starts = row["doc_starts"][:int(row["num_docs"])].tolist()
+        head += f", {len(starts)} document piece(s) at {', '.join(map(str, starts))}"
+        lines = [head] + [f"  doc {i + 1}: " + " ".join(words[a:b])
+                          for i, (a, b) in enumerate(zip(starts, starts[1:] + [length]))]
+    else:
+        lines = [head, "  A: " + " ".join(w for w, seg in zip(words, types) if seg == 0)]
+        if any(types):
+            lines.append("  B: " + " ".join(w for w, seg in zip(words, types) if seg == 1))
     targets = ", ".join(f"{p}={token_text(vocab, o)}" for p, o in zip(positions, originals))
     lines.append(f"  targets: {targets}")
     return "\n".join(lines)

@@ -14,10 +14,10 @@ import numpy as np
 from bertprep.shards.errors import ShardFormatError
 
 FORMAT_NAME = "bertprep-shard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `pack` shards add doc_starts and num_docs
 METADATA_KEY = b"bertprep"
 
-# name -> (width: "max_len" | "max_predictions" | None for a scalar, dtype or "ids", meaning)
+# name -> (width: "max_len" | "max_predictions" | "max_docs" | None for a scalar, dtype or "ids", meaning)
 COLUMNS: dict[str, tuple[str | None, str, str]] = {
     "input_ids": ("max_len", "ids", "ids after masking, [PAD]-padded"),
     "token_type_ids": ("max_len", "uint8", "0 for segment A, 1 for B, 0 on padding"),
@@ -26,8 +26,12 @@ COLUMNS: dict[str, tuple[str | None, str, str]] = {
     "masked_ids": ("max_predictions", "ids", "original ids at those positions, 0-padded"),
     "num_masked": (None, "uint16", "how many of the slots are real"),
     "nsp_label": (None, "int8", "1 when B follows A, 0 when B is random (only with --nsp)"),
+    "doc_starts": ("max_docs", "uint16", "slot of each document piece's [CLS], ascending, 0-padded (only `pack`)"),
+    "num_docs": (None, "uint16", "how many document pieces the row holds (only `pack`)"),
 }
 NSP_COLUMN = "nsp_label"
+PACK_COLUMNS = ("doc_starts", "num_docs")
+PACK_STRATEGY = "pack"
 
 # Keys every shard's metadata carries, so a shard describes itself.
 REQUIRED_META = (
@@ -49,14 +53,27 @@ def default_max_predictions(max_len: int, mask_prob: float) -> int:
     return min(max_len, 5 * math.ceil(round(max_len * mask_prob, 9) / 5))
 
 
-def column_names(nsp: bool) -> list[str]:
-    return [c for c in COLUMNS if nsp or c != NSP_COLUMN]
+def max_docs(max_len: int) -> int:
+    """Document pieces a `pack` row can hold: each takes at least 3 slots ([CLS] token [SEP])."""
+    return max_len // 3
+
+
+def column_names(meta: dict) -> list[str]:
+    """The columns a shard of these settings holds, in file order: nsp_label only with NSP, the
+    document boundaries only for `pack` shards."""
+    packed = meta["strategy"] == PACK_STRATEGY
+    return [c for c in COLUMNS if (c != NSP_COLUMN or meta["nsp"]) and (c not in PACK_COLUMNS or packed)]
 
 
 def column_spec(name: str, meta: dict) -> tuple[int | None, np.dtype]:
     """(row width or None for a scalar column, numpy dtype) of a column under `meta`'s settings."""
     width_key, dtype, _ = COLUMNS[name]
-    width = None if width_key is None else int(meta[width_key])
+    if width_key is None:
+        width = None
+    elif width_key == "max_docs":
+        width = max_docs(int(meta["max_len"]))
+    else:
+        width = int(meta[width_key])
     return width, (np.dtype(meta["id_dtype"]) if dtype == "ids" else np.dtype(dtype))
 
 
@@ -74,9 +91,10 @@ def check_meta(meta: dict, where: str) -> dict:
         raise ShardFormatError(f"{where}: not a bertprep shard (format {meta.get('format')!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
+        advice = ("written by a newer bertprep: upgrade bertprep to read it"
+                  if _is_int(version) and version > FORMAT_VERSION else "re-run `bertprep shard` with this version")
         raise ShardFormatError(
-            f"{where}: shard format version {version}, this bertprep reads version {FORMAT_VERSION}; "
-            "re-run `bertprep shard` with this version"
+            f"{where}: shard format version {version}, this bertprep reads version {FORMAT_VERSION}; {advice}"
         )
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
@@ -110,6 +128,8 @@ def _meta_problem(m: dict) -> str | None:
             return f"{key} is {m[key]!r}, expected true or false"
     if isinstance(m["mask_prob"], bool) or not isinstance(m["mask_prob"], (int, float)) or not 0 < m["mask_prob"] < 1:
         return f"mask_prob is {m['mask_prob']!r}, expected a number in (0, 1)"
+    if m["nsp"] and m["strategy"] == PACK_STRATEGY:
+        return "nsp is true with strategy 'pack', which has no sentence pairs"
     if m["split"] not in SPLIT_NAMES:
         return f"split is {m['split']!r}, expected one of {', '.join(SPLIT_NAMES)}"
     for key in ("strategy", "label", "tokenizer_sha256"):  # descriptive: any string
@@ -120,7 +140,7 @@ def _meta_problem(m: dict) -> str | None:
 
 def check_columns(columns: dict[str, np.ndarray], meta: dict, where: str) -> None:
     """Check that a batch of columns has exactly the shapes and dtypes the metadata implies."""
-    names = column_names(bool(meta["nsp"]))
+    names = column_names(meta)
     if sorted(columns) != sorted(names):
         raise ShardFormatError(f"{where}: columns {sorted(columns)} differ from the schema's {sorted(names)}")
     n = len(columns["length"])

@@ -56,7 +56,30 @@ def check_values(shard) -> int:
             raise bad("masked id outside the vocab", rows)
         if "nsp_label" in b and (rows := (b["nsp_label"] < 0) | (b["nsp_label"] > 1)).any():
             raise bad("NSP label not 0/1", rows)
+        if "doc_starts" in b:
+            _check_documents(b, length, m["special_ids"]["cls"], bad)
     return shard.num_examples
+
+
+def _check_documents(b: dict, length: np.ndarray, cls: int, bad) -> None:
+    """`pack` rows: 1..max_docs pieces, starting at slot 0, strictly ascending, each at a [CLS]
+    before the length and at least 3 slots apart; unused slots 0."""
+    n = b["num_docs"].astype(np.int64)
+    starts = b["doc_starts"].astype(np.int64)
+    if (rows := (n < 1) | (n > starts.shape[1])).any():
+        raise bad(f"num_docs outside 1..{starts.shape[1]}", rows)
+    used = np.arange(starts.shape[1])[None, :] < n[:, None]
+    if (rows := starts[:, 0] != 0).any():
+        raise bad("first document piece does not start at slot 0", rows)
+    if (rows := ((np.diff(starts, axis=1) < 3) & used[:, 1:]).any(1)).any():
+        raise bad("document pieces not ascending at least 3 slots apart", rows)
+    if (rows := ((starts + 2 >= length[:, None]) & used).any(1)).any():
+        raise bad("document piece starting too close to or beyond the length", rows)
+    if (rows := ((starts != 0) & ~used).any(1)).any():
+        raise bad("doc_starts slots after num_docs are not zero", rows)
+    at_start = np.take_along_axis(b["input_ids"], starts, axis=1)
+    if (rows := ((at_start != cls) & used).any(1)).any():
+        raise bad("document piece not starting with [CLS]", rows)
 
 
 def check_name(shard) -> None:

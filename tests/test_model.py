@@ -211,3 +211,58 @@ def test_cpu_bf16_attention_is_sdpas_maths():
                 low, _ = run(model, b)
         assert low.dtype == torch.bfloat16
         assert (low.float() - ref).abs().max() < 0.03 * ref.abs().max()
+
+
+def packed_pair(seed=0):
+    """One row [CLS] a(5) [SEP] [CLS] b(6) [SEP] [PAD]...: two documents, pieces at 0 and 7, length 15."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(1, T, dtype=torch.long)
+    ids[0, :15] = torch.cat([torch.tensor([2]), torch.randint(5, V, (5,), generator=g), torch.tensor([3, 2]),
+                             torch.randint(5, V, (6,), generator=g), torch.tensor([3])])
+    return ids, torch.tensor([15]), torch.tensor([[0, 7, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_packed_documents_do_not_talk_to_each_other(norm):
+    """No attention weight crosses a document: changing one document's tokens leaves the other's
+    hidden states exactly as they were, and each document's hidden states are those it gets alone
+    in a row (positions restart at its [CLS]), also through the last layer's gathered rows."""
+    model = Bert(tiny(norm=norm, dropout=0.0)).eval()
+    ids, length, starts = packed_pair()
+    tt = torch.zeros_like(ids)
+    other = ids.clone()
+    other[0, 8:14] = torch.randint(5, V, (6,), generator=torch.Generator().manual_seed(9))  # document b only
+    with torch.no_grad():
+        h1 = model.encode(ids, tt, length, doc_starts=starts)                          # (1, T, C)
+        h2 = model.encode(other, tt, length, doc_starts=starts)
+        torch.testing.assert_close(h1[0, :7], h2[0, :7], rtol=0, atol=0)              # a: bit for bit
+        assert not torch.allclose(h1[0, 7:15], h2[0, 7:15])                           # b did change
+        mixed = model.encode(ids, tt, length)                                         # no boundaries: they mix
+        assert not torch.allclose(mixed[0, :7], h1[0, :7])
+        for lo, hi in ((0, 7), (7, 15)):  # each document alone, from position 0
+            alone = model.encode(ids[:, lo:hi], tt[:, lo:hi], torch.tensor([hi - lo]))
+            torch.testing.assert_close(h1[0, lo:hi], alone[0], rtol=1e-5, atol=1e-5)
+        rows = torch.tensor([[3, 10, 12]])
+        at, _ = model(ids, tt, length, rows, starts)                                 # last layer at rows only
+        full, _ = model(ids, tt, length, None, starts)
+        torch.testing.assert_close(at[0], full[0, rows[0]], rtol=1e-5, atol=1e-5)
+
+
+def test_document_layout_numbers_pieces_and_restarts_positions():
+    from bertprep.trainer.model import document_layout
+
+    piece, pos = document_layout(torch.tensor([[0, 3, 7, 0], [0, 0, 0, 0]]), 10)
+    assert piece.tolist() == [[1, 1, 1, 2, 2, 2, 2, 3, 3, 3], [1] * 10]
+    assert pos.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1, 2], list(range(10))]
+
+
+def test_cpu_bf16_attention_with_document_masks():
+    """The bf16 CPU path (`attention_math`) takes the (B, 1, T, T) document mask as SDPA does."""
+    model = Bert(tiny(dropout=0.0)).eval()
+    ids, length, starts = packed_pair()
+    tt = torch.zeros_like(ids)
+    with torch.no_grad():
+        ref = model.encode(ids, tt, length, doc_starts=starts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.encode(ids, tt, length, doc_starts=starts)
+    assert (low.float() - ref)[0, :15].abs().max() < 0.05 * ref.abs().max()

@@ -75,7 +75,7 @@ def test_help_lists_the_derived_defaults():
     out = runner.invoke(cli, ["shard", "--help"]).output
     for x in options.flags(_cls("shard")):
         assert x.name in out
-    assert "[default: 12345]" in out and "[segment|split]" in out
+    assert "[default: 12345]" in out and "[segment|split|pack]" in out
 
 
 def test_cli_writes_no_option_of_a_config():

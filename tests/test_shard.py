@@ -157,12 +157,15 @@ def test_byte_identical_across_worker_counts_and_seeds_differ(token_store, tmp_p
     store = open_token_store(token_store)
     doc_tokens = np.diff(store.sent_offsets[store.doc_offsets])
     assert len(chunk_documents(np.arange(store.num_documents), doc_tokens, 1024)) >= 20
-    for name, workers in (("w1", "1"), ("w2", "2")):
-        assert shard(token_store, tmp_path / name, "--workers", workers, "--examples-per-shard", "700") == 0
-    files = sorted(os.listdir(tmp_path / "w1"))
-    assert files == sorted(os.listdir(tmp_path / "w2")) and len(files) > 4
-    for f in files:
-        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+    for strategy in ("segment", "pack"):
+        for workers in ("1", "2"):
+            assert shard(token_store, tmp_path / f"{strategy}{workers}", "--workers", workers, "--strategy", strategy,
+                         "--examples-per-shard", "700") == 0
+        files = sorted(os.listdir(tmp_path / f"{strategy}1"))
+        assert files == sorted(os.listdir(tmp_path / f"{strategy}2")) and len(files) > 4
+        for f in files:
+            assert (tmp_path / f"{strategy}1" / f).read_bytes() == (tmp_path / f"{strategy}2" / f).read_bytes(), f
+    (tmp_path / "segment1").rename(tmp_path / "w1")
     assert shard(token_store, tmp_path / "s2", seed=124) == 0
     a, _ = load_split(tmp_path / "w1", "train")
     b, _ = load_split(tmp_path / "s2", "train")
@@ -190,6 +193,62 @@ def test_split_strategy_fills_every_row(token_store, tmp_path):
     assert (cols["length"] == 64).all()
     m = json.loads((tmp_path / "pydocs_64_123.manifest.json").read_text())
     assert m["padding_fraction"] == 0
+
+
+def test_pack_strategy_keeps_every_token_with_almost_no_padding(token_store, tmp_path, capsys):
+    assert shard(token_store, tmp_path, "--strategy", "pack", max_len=128) == 0
+    assert "(packing efficiency 99." in capsys.readouterr().out
+    m = json.loads((tmp_path / "pydocs_128_123.manifest.json").read_text())
+    assert m["padding_fraction"] <= 0.01 and m["packing_efficiency"] == pytest.approx(1 - m["padding_fraction"])
+    store = open_token_store(token_store)
+    cls, sep = store.manifest["tokenizer"]["special_ids"]["cls"], store.manifest["tokenizer"]["special_ids"]["sep"]
+    for split in ("train", "val", "test"):
+        cols, meta = load_split(tmp_path, split)
+        assert meta["strategy"] == "pack" and (cols["length"][:-1] >= 126).all()
+        ids = cols["input_ids"].astype(np.int64)
+        for r in range(len(ids)):  # undo masking, then read the pieces back in order
+            k = cols["num_masked"][r]
+            ids[r, cols["masked_positions"][r, :k]] = cols["masked_ids"][r, :k]
+        pieces = []
+        for row, n, starts, length in zip(ids, cols["num_docs"], cols["doc_starts"], cols["length"]):
+            bounds = list(starts[:n]) + [length]
+            for a, b in zip(bounds, bounds[1:]):
+                assert row[a] == cls and row[b - 1] == sep
+                pieces.append(row[a + 1:b - 1])
+        docs = np.flatnonzero(np.isin(np.arange(store.num_documents), _split_docs(store, split)))
+        expected = np.concatenate([store.ids[store.sent_offsets[store.doc_offsets[d]]:
+                                             store.sent_offsets[store.doc_offsets[d + 1]]] for d in docs])
+        assert np.array_equal(np.concatenate(pieces), expected), split  # every token once, in order
+    assert run_cli(["verify", tmp_path]) == 0
+
+
+def _split_docs(store, split):
+    from bertprep.preprocess.splits import assign_documents, parse_split
+
+    return assign_documents(store.num_documents, parse_split("0.98,0.01,0.01"), 0)[split]
+
+
+def test_verify_checks_the_document_boundaries(token_store, tmp_path, capsys):
+    from bertprep.shards.arrow_ipc import ArrowShardWriter
+
+    assert shard(token_store, tmp_path / "p", "--strategy", "pack") == 0
+    src = open_shard(sorted((tmp_path / "p").glob("train_*.arrow"))[0])
+    for damage, needle in (("shift", "not starting with [CLS]"), ("count", "num_docs outside"),
+                           ("tail", "after num_docs are not zero")):
+        cols = src.slice(0, 50)
+        row = int(np.flatnonzero(cols["num_docs"] >= 2)[0])
+        if damage == "shift":
+            cols["doc_starts"][row, 1] += 1
+        elif damage == "count":
+            cols["num_docs"][row] = 0
+        else:
+            cols["num_docs"][row] -= 1
+        w = ArrowShardWriter(tmp_path / "bad.arrow", src.meta)
+        w.write(cols)
+        w.close()
+        capsys.readouterr()
+        assert run_cli(["verify", tmp_path / "bad.arrow"]) == 2
+        assert needle in capsys.readouterr().err, damage
 
 
 def test_inspect_shows_masks_and_targets(nsp_shards, token_store, capsys):
@@ -238,6 +297,7 @@ def test_bad_inputs_get_one_line_and_exit_2(token_store, token_store_copy, tmp_p
         (["--tokens", token_store, "--mask-prob", "0"], "--mask-prob"),
         (["--tokens", token_store, "--split", "0.5,0.2,0.2"], "sum to 1"),
         (["--tokens", token_store, "--seed", "-1"], "--seed"),
+        (["--tokens", token_store, "--strategy", "pack", "--nsp"], "--nsp does not apply to --strategy pack"),
     ]
     for args, needle in cases:
         capsys.readouterr()

@@ -65,7 +65,8 @@ def validate(model, stream: ShardStream, d: Dist, *, max_batches: int, autocast)
     for _, _, cols in stream.batches(0, n):
         batch = to_device(cols, d.device)
         with autocast():
-            mlm, nsp = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
+            mlm, nsp = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"],
+                             batch.get("doc_starts"))
         _, parts = pretraining_loss(mlm, nsp, batch)
         sums += torch.stack([parts.get(k, torch.zeros((), device=d.device)).double() for k in SUMS])
     all_reduce_sum(sums, d)
@@ -94,7 +95,8 @@ def top_guesses(model, batch: dict[str, torch.Tensor], k: int, autocast=contextl
     was_training = model.training
     model.eval()
     with autocast():
-        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"])
+        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["length"], batch["masked_positions"],
+                          batch.get("doc_starts"))
     model.train(was_training)
     probs = logits.float().softmax(-1)                                          # (B, P, V)
     return probs.topk(min(k, probs.size(-1)), dim=-1)

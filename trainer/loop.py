@@ -389,7 +389,7 @@ class _Run:
                     batch = feed.next()
                     with dist.no_sync(self.model, m < accum - 1), self.autocast():
                         mlm, nsp = self.model(batch["input_ids"], batch["token_type_ids"], batch["length"],
-                                              batch["masked_positions"])
+                                              batch["masked_positions"], batch.get("doc_starts"))
                         loss, parts = pretraining_loss(mlm, nsp, batch, accuracy=False)
                     (loss / accum).backward()
                     sums = torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),

@@ -11,6 +11,12 @@ Differences from a textbook BERT that matter for speed, none for the maths:
 - the padding mask goes to `scaled_dot_product_attention` as a boolean (B, 1, 1, T) mask built on
   the device from the example lengths, so no float mask is ever copied from the host (and on CPU
   none at all when a batch has no padding);
+- `pack` shards hold several documents per row; with their `doc_starts` the attention mask is
+  block-diagonal (a (B, 1, T, T) boolean: a token sees only its own document piece, never
+  padding) and positions restart at 0 at each piece's [CLS] (`document_layout`). A boolean SDPA
+  mask, not FlexAttention: on CPU FlexAttention has no backward, and its compiled forward is 2.9x
+  slower at T = 128 (bench/README.md, Packing); on CUDA the boolean mask sends SDPA to its
+  memory-efficient kernel;
 - on CPU in bf16, attention is plain matmuls and a float32 softmax (`attention_math`): there the
   fused flash kernel is slower at BERT's lengths on a CPU with AMX (without AMX bf16 does not pay on CPU:
   bench/README.md, Quality).
@@ -78,10 +84,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids, token_type_ids):
-        T = input_ids.size(1)
-        pos = torch.arange(T, device=input_ids.device)                             # (T,)
-        x = self.tok(input_ids) + self.pos(pos)[None] + self.seg(token_type_ids)   # (B, T, C)
+    def forward(self, input_ids, token_type_ids, pos=None):
+        """`pos` (B, T): each token's position (restarting per document piece); default 0..T-1."""
+        if pos is None:
+            pos = torch.arange(input_ids.size(1), device=input_ids.device)[None]  # (1, T)
+        x = self.tok(input_ids) + self.pos(pos) + self.seg(token_type_ids)         # (B, T, C)
         return self.drop(self.norm(x))
 
 
@@ -97,7 +104,8 @@ class SelfAttention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, xq, x, mask):
-        """Queries from xq (B, Q, C), keys and values from x (B, T, C); Q = T except in the last layer."""
+        """Queries from xq (B, Q, C), keys and values from x (B, T, C); Q = T except in the last layer.
+        `mask`: boolean, broadcastable to (B, H, Q, T), True where a query may attend, or None."""
         B, T, C = x.shape
         Q, H, D = xq.size(1), self.heads, C // self.heads
         q = self.q(xq).view(B, Q, H, D).transpose(1, 2)                            # (B, H, Q, D)
@@ -160,6 +168,17 @@ class Block(nn.Module):
         return self.ffn_norm(xq + self.ffn(xq))                                    # (B, Q, C)
 
 
+def document_layout(doc_starts, T: int):
+    """From each row's document-piece starts (B, K) (0-padded: slot 0 starts a piece anyway):
+    the piece each token belongs to (B, T) and its position within the piece (B, T)."""
+    idx = torch.arange(T, device=doc_starts.device)                                # (T,)
+    start = torch.zeros(doc_starts.size(0), T, dtype=torch.bool, device=doc_starts.device)
+    start.scatter_(1, doc_starts, True)                                            # (B, T)
+    piece = start.cumsum(1)                                                        # (B, T)
+    pos = idx - torch.where(start, idx, 0).cummax(1).values                        # (B, T)
+    return piece, pos
+
+
 def gather_rows(x, rows):
     """x (B, T, C) at positions rows (B, Q) -> (B, Q, C)."""
     return torch.gather(x, 1, rows[:, :, None].expand(-1, -1, x.size(-1)))
@@ -216,30 +235,42 @@ class Bert(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.tok.weight.numel() - self.embed.pos.weight.numel()
 
-    def encode(self, input_ids, token_type_ids, lengths, rows=None):
+    def encode(self, input_ids, token_type_ids, lengths, rows=None, doc_starts=None):
         """Hidden states (B, T, C) of a padded batch, or (B, Q, C) at positions `rows` (B, Q) only
-        (computed so in the last layer); positions >= length are never attended to."""
+        (computed so in the last layer); positions >= length are never attended to. With
+        `doc_starts` (B, K) (`pack` shards) a token attends only within its document piece and
+        positions restart at each piece."""
         T = input_ids.size(1)
         keep = torch.arange(T, device=input_ids.device)[None, :] < lengths[:, None]  # (B, T)
-        mask = keep[:, None, None, :]                                                # (B, 1, 1, T)
-        if input_ids.device.type == "cpu" and bool(keep.all()):  # no padding (`split` packing): nothing
-            mask = None                                          # to mask (a sync, so on CPU only)
-        x = self.embed(input_ids, token_type_ids)                                    # (B, T, C)
+        if doc_starts is not None:
+            piece, pos = document_layout(doc_starts, T)                              # (B, T), (B, T)
+            same = piece[:, :, None] == piece[:, None, :]                            # (B, T, T)
+            mask = (same & keep[:, None, :])[:, None]                                # (B, 1, T, T)
+            piece_q = piece if rows is None else torch.gather(piece, 1, rows)        # (B, Q)
+            last_mask = ((piece_q[:, :, None] == piece[:, None, :]) & keep[:, None, :])[:, None]  # (B, 1, Q, T)
+        else:
+            pos = None
+            mask = keep[:, None, None, :]                                            # (B, 1, 1, T)
+            if input_ids.device.type == "cpu" and bool(keep.all()):  # no padding (`split` packing): nothing
+                mask = None                                          # to mask (a sync, so on CPU only)
+            last_mask = mask
+        x = self.embed(input_ids, token_type_ids, pos)                               # (B, T, C)
         for i, block in enumerate(self.layers):
-            x = block(x, mask, rows if i == len(self.layers) - 1 else None)
+            last = i == len(self.layers) - 1
+            x = block(x, last_mask if last else mask, rows if last else None)
         if rows is not None and not self.layers:
             x = gather_rows(x, rows)
         return self.final_norm(x) if self.final_norm is not None else x
 
-    def forward(self, input_ids, token_type_ids, lengths, masked_positions=None):
+    def forward(self, input_ids, token_type_ids, lengths, masked_positions=None, doc_starts=None):
         """MLM logits (B, P, V) at `masked_positions` (B, P), or (B, T, V) at every position when
-        None, and NSP logits (B, 2) (None without an NSP head)."""
+        None, and NSP logits (B, 2) (None without an NSP head). `doc_starts`: see `encode`."""
         if masked_positions is None:
-            h = self.encode(input_ids, token_type_ids, lengths)                      # (B, T, C)
+            h = self.encode(input_ids, token_type_ids, lengths, doc_starts=doc_starts)  # (B, T, C)
             h_cls, h_mlm = h[:, 0], h
         else:  # [CLS] (position 0) for NSP, then the prediction positions
             cls = torch.zeros_like(masked_positions[:, :1])
-            h = self.encode(input_ids, token_type_ids, lengths, torch.cat([cls, masked_positions], 1))
+            h = self.encode(input_ids, token_type_ids, lengths, torch.cat([cls, masked_positions], 1), doc_starts)
             h_cls, h_mlm = h[:, 0], h[:, 1:]                                         # (B, C), (B, P, C)
         mlm_logits = self.mlm(h_mlm, self.embed.tok.weight)                          # (B, P, V)
         nsp_logits = self.nsp(h_cls) if self.nsp is not None else None               # (B, 2)

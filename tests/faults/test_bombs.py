@@ -25,13 +25,13 @@ ZEROS = bytes(1 << 20)
 
 
 def golden():
-    s = open_shard(DATA / "golden_v1.msgpack.zst")
+    s = open_shard(DATA / "golden_v2.msgpack.zst")
     return s.meta, s.slice(0, s.num_examples)
 
 
 def header(n: int) -> bytes:
     meta, _ = golden()
-    return msgpack.packb({"format": "bertprep-shard", "format_version": 1, "meta": meta, "num_examples": n})
+    return msgpack.packb({"format": "bertprep-shard", "format_version": 2, "meta": meta, "num_examples": n})
 
 
 def records(k: int) -> bytes:

@@ -200,7 +200,7 @@ def test_hostile_shard_metadata_gets_one_line(built, tmp_path, capsys, case):
     # msgpack: the same hostile metadata in the header
     m = tmp_path / "train_pydocs_64_1_00000.msgpack.zst"
     packer = msgpack.Packer(use_bin_type=True)
-    body = packer.pack({"format": "bertprep-shard", "format_version": 1, "meta": meta, "num_examples": 5})
+    body = packer.pack({"format": "bertprep-shard", "format_version": 2, "meta": meta, "num_examples": 5})
     for i in range(5):
         body += packer.pack({k: v[i].tobytes() for k, v in rows.items()})
     m.write_bytes(zstandard.ZstdCompressor().compress(body))
