@@ -36,7 +36,7 @@ from bertprep.trainer import dist, phases
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
-from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.model import pretraining_loss
 from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler, optimizer_step
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
@@ -134,7 +134,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     mcfg = ckpt_io.model_config(ck, run_dir) if ck else phases.model_config(cfg, data, start)
     phase = ck["phase"] if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank (a resumed run's come from `ck`)
-    raw = (ckpt_io.build_model(ck, run_dir).train() if ck else Bert(mcfg)).to(d.device)
+    raw = (ckpt_io.build_model(ck, run_dir).train() if ck else ckpt_io.new_model(mcfg)).to(d.device)
     model = raw
     if d.distributed:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -157,7 +157,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         step = int(ck["step"])
         log.truncate_after(step)
         shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
-        if shape != cfg.model.shape() or (mcfg.dropout, mcfg.norm) != (cfg.model.dropout, cfg.model.norm):
+        if shape != cfg.model.shape() or (mcfg.dropout, mcfg.norm) != (cfg.model.dropout_rate, cfg.model.norm):
             log.say(f"note: the model's shape comes from the checkpoint ({shape}, dropout {mcfg.dropout}, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
     elif start:
