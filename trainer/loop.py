@@ -185,7 +185,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data,
                                              "world_size": d.world_size, "phase": phase})
     log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
-            f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
+            f"({_describe_model(mcfg)}), {len(shards)} shard file(s), "
             f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
     if log.tb_note:
         log.say(log.tb_note)
@@ -464,3 +464,10 @@ class _Run:
         def record(index: int, f: int, rows: np.ndarray) -> None:
             self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
         return record
+
+
+def _describe_model(mcfg) -> str:
+    """`2x128, post-norm` (BERT) or `modern 3x128, window 128, global every 3` for the start line."""
+    if mcfg.arch == "modern":
+        return f"modern {mcfg.layers}x{mcfg.hidden}, window {mcfg.window}, global every {mcfg.global_every}"
+    return f"{mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm"

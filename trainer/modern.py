@@ -177,8 +177,11 @@ class ModernBert(nn.Module):
         global_mask = keep[:, None, None, :]                                        # (B, 1, 1, T)
         if dev.type == "cpu" and bool(keep.all()):  # no padding: nothing to mask (a sync, CPU only)
             global_mask = None
-        near = (idx[:, None] - idx[None, :]).abs() <= self.cfg.window // 2          # (T, T)
-        local_mask = near[None, None] & keep[:, None, None, :]                      # (B, 1, T, T)
+        if self.cfg.window // 2 >= T - 1:  # the window spans the sequence: local layers are global
+            local_mask = keep[:, None, None, :]                                      # (B, 1, 1, T)
+        else:
+            near = (idx[:, None] - idx[None, :]).abs() <= self.cfg.window // 2      # (T, T)
+            local_mask = near[None, None] & keep[:, None, None, :]                  # (B, 1, T, T)
         x = self.embeddings(input_ids)                                              # (B, T, C)
         pos = idx[None]
         ropes = {True: self._rope(pos, self.freq_global, x.dtype), False: self._rope(pos, self.freq_local, x.dtype)}
@@ -186,7 +189,7 @@ class ModernBert(nn.Module):
         for i, block in enumerate(self.layers):
             r = rows if i == last else None
             mask = global_mask if block.is_global else local_mask
-            if r is not None and not block.is_global:
+            if r is not None and not block.is_global and mask.size(2) > 1:
                 mask = torch.gather(local_mask, 2, r[:, None, :, None].expand(-1, 1, -1, T))  # (B, 1, Q, T)
             x = block(x, mask, *ropes[block.is_global], r)
         if rows is not None and not self.layers:
