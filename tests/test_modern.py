@@ -154,3 +154,18 @@ def test_nsp_cannot_be_asked_of_the_modern_encoder(capsys, tmp_path):
         ModernBert(_config(nsp=True))
     with pytest.raises(Exception, match="even head width"):
         _config(hidden=60, heads=4)
+
+
+@pytest.mark.parametrize("switch", [{"positions": "learned"}, {"mlp": "gelu", "ffn": 144}])
+def test_ablation_switches_change_the_model_and_are_not_exported(switch):
+    torch.manual_seed(0)
+    cfg = _config(**switch)
+    model = ModernBert(cfg).eval()
+    names = set(model.state_dict())
+    assert ("embeddings.pos_embeddings.weight" in names) == (cfg.positions == "learned")
+    assert model.layers[0].mlp.Wi.weight.shape[0] == (2 * cfg.ffn if cfg.mlp == "geglu" else cfg.ffn)
+    ids, lengths = torch.randint(5, 300, (2, 24)), torch.tensor([24, 13])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids, None, lengths)[0]).all()
+    with pytest.raises(Exception, match="no HuggingFace counterpart"):
+        modern_hf_config(cfg, SPECIALS)

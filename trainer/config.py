@@ -107,6 +107,10 @@ class ShapeConfig:
         "--arch modern: the local layers attend over |i - j| <= window / 2 tokens (ModernBERT: 128)"))
     global_every: int = option(3, at_least=1, at_most=1024, help=(
         "--arch modern: layers 0, k, 2k, ... attend over the whole sequence, the others locally (ModernBERT: 3)"))
+    positions: Literal["rope", "learned"] = option("rope", help=(
+        "--arch modern: rotary positions (ModernBERT), or BERT's learned table (an ablation; not exportable)"))
+    mlp: Literal["geglu", "gelu"] = option("geglu", help=(
+        "--arch modern: GeGLU feed-forward (ModernBERT), or BERT's GELU (an ablation; not exportable)"))
     max_position: int | None = option(None, at_least=1, at_most=1 << 16, help=(
         "positions in the model's table, the longest shards it will take (default: 512, or the shards' length "
         "when longer)"))

@@ -150,6 +150,9 @@ def modern_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def modern_hf_config(cfg: ModelConfig, special_ids: dict) -> dict:
     """config.json of transformers' ModernBertConfig for a modern model of our config."""
+    if (cfg.positions, cfg.mlp) != ("rope", "geglu"):
+        raise ConfigError(f"a modern model with --positions {cfg.positions} and --mlp {cfg.mlp} (an ablation) has no "
+                          "HuggingFace counterpart; ModernBERT has rotary positions and GeGLU")
     return {
         "model_type": "modernbert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden,
         "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads, "intermediate_size": cfg.ffn,

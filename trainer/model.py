@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -57,6 +58,8 @@ class ModelConfig:
     global_every: int = 3        # modern: layers 0, k, 2k, ... attend globally
     rope_theta: float = 160_000.0        # modern: RoPE base of the global layers
     local_rope_theta: float = 10_000.0   # modern: RoPE base of the local layers
+    positions: Literal["rope", "learned"] = "rope"   # modern, ablations only: BERT's learned table
+    mlp: Literal["geglu", "gelu"] = "geglu"          # modern, ablations only: BERT's GELU feed-forward
 
     def __post_init__(self):
         check(self)

@@ -10,6 +10,10 @@ What differs from BERT-2018 (Warner et al. 2024, "Smarter, Better, Faster, Longe
 - a GeGLU feed-forward: Wi gives 2F features, GELU(first half) * second half, Wo back to C;
 - no dropout by default (ModernBERT trains without it).
 
+Two switches exist for ablations only (bench.quality), and make a model transformers cannot load:
+`--positions learned` (BERT's learned table instead of RoPE) and `--mlp gelu` (BERT's GELU
+feed-forward instead of GeGLU).
+
 Kept from model.py: the MLM head runs only at the prediction slots and the last layer only at the
 rows a head reads (`rows`), key padding as a boolean mask built on the device, and the same
 `forward(input_ids, token_type_ids, lengths, masked_positions)` so the loop, validation, predict
@@ -46,16 +50,21 @@ def rotate(x, cos, sin):
 
 
 class Embeddings(nn.Module):
-    """Token embeddings, LayerNorm, dropout: no positions (RoPE), no segments."""
+    """Token embeddings, LayerNorm, dropout: no segments, and no positions (RoPE) unless
+    `--positions learned` (an ablation) adds BERT's table."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.pos_embeddings = nn.Embedding(cfg.max_len, cfg.hidden) if cfg.positions == "learned" else None
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids):
-        return self.drop(self.norm(self.tok_embeddings(input_ids)))               # (B, T, C)
+        x = self.tok_embeddings(input_ids)                                          # (B, T, C)
+        if self.pos_embeddings is not None:
+            x = x + self.pos_embeddings(torch.arange(input_ids.size(1), device=input_ids.device))[None]
+        return self.drop(self.norm(x))
 
 
 class Attention(nn.Module):
@@ -68,11 +77,13 @@ class Attention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, h, mask, cos, sin, rows=None):
-        """Attention over h (B, T, C) with RoPE; queries at `rows` (B, Q) only when given."""
+        """Attention over h (B, T, C) with RoPE (none when cos is None); queries at `rows` (B, Q)
+        only when given."""
         B, T, C = h.shape
         H, D = self.heads, C // self.heads
         q, k, v = self.Wqkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)         # 3 x (B, H, T, D)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if cos is not None:
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if rows is not None:
             q = torch.gather(q, 2, rows[:, None, :, None].expand(-1, H, -1, D))    # (B, H, Q, D)
         p = self.attn_dropout if self.training else 0.0
@@ -85,13 +96,18 @@ class Attention(nn.Module):
 
 
 class GeGLU(nn.Module):
+    """GELU(x Wi_a) * (x Wi_b), then Wo; with `--mlp gelu` (an ablation) BERT's GELU(x Wi) Wo."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.Wi = nn.Linear(cfg.hidden, 2 * cfg.ffn, bias=False)
+        self.glu = cfg.mlp == "geglu"
+        self.Wi = nn.Linear(cfg.hidden, (2 if self.glu else 1) * cfg.ffn, bias=False)
         self.Wo = nn.Linear(cfg.ffn, cfg.hidden, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        if not self.glu:
+            return self.drop(self.Wo(F.gelu(self.Wi(x))))                           # (B, T, C)
         a, gate = self.Wi(x).chunk(2, dim=-1)                                       # 2 x (B, T, F)
         return self.drop(self.Wo(F.gelu(a) * gate))                                 # (B, T, C)
 
@@ -184,7 +200,10 @@ class ModernBert(nn.Module):
             local_mask = near[None, None] & keep[:, None, None, :]                  # (B, 1, T, T)
         x = self.embeddings(input_ids)                                              # (B, T, C)
         pos = idx[None]
-        ropes = {True: self._rope(pos, self.freq_global, x.dtype), False: self._rope(pos, self.freq_local, x.dtype)}
+        if self.cfg.positions == "rope":
+            ropes = {True: self._rope(pos, self.freq_global, x.dtype), False: self._rope(pos, self.freq_local, x.dtype)}
+        else:
+            ropes = {True: (None, None), False: (None, None)}
         last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
             r = rows if i == last else None

@@ -230,7 +230,8 @@ def model_config(cfg: TrainConfig, data: dict, start: Start | None) -> ModelConf
     shape = dict(vocab_size=data["vocab_size"], max_len=positions, dropout=cfg.model.dropout_rate, **cfg.model.shape())
     if cfg.model.architecture == "modern":  # always pre-norm, no NSP head (the shards' labels go unused)
         return ModelConfig(**shape, arch="modern", norm="pre", nsp=False, layer_norm_eps=1e-5,
-                           window=cfg.model.window, global_every=cfg.model.global_every)
+                           window=cfg.model.window, global_every=cfg.model.global_every,
+                           positions=cfg.model.positions, mlp=cfg.model.mlp)
     return ModelConfig(**shape, nsp=data["nsp"], norm=cfg.model.norm)
 
 
