@@ -16,7 +16,7 @@ from bertprep.trainer.hf import modern_from_hf, modern_hf_config, modern_to_hf
 from bertprep.trainer.interchange import load_pretrained
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.modern import ModernBert
-from conftest import one_line, run_cli
+from conftest import run_cli
 from bertprep.trainer.config import train_config
 from bertprep.trainer.loop import train
 
