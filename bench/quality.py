@@ -23,6 +23,15 @@ HuggingFace path, in one run on one corpus, vocab, model shape, batch, length an
   0.98,0.02,0 --dupe-factor D` (D differently masked copies, for masks that change between epochs as
   the collator's do) -> `trainer/run.py --max-time MINUTES --val-minutes E` with the recipe flags
   below; the curve is the trainer's own validation records in metrics.jsonl.
+- **modern**: the same tokens sharded `--strategy pack` (documents packed to 128 tokens, attention
+  kept within each), `--arch modern` (`modern-tiny`: 3 x 128, GeGLU 256, RoPE, local/global
+  attention, no dropout), 30% dynamic masking (`--mask-prob 0.3`), a warm-up / stable / decay
+  schedule (`--stable 0.8 --decay 1-sqrt` on the time budget). It validates on the bertprep side's
+  split shards with their static 15% masks, so every bertprep-built side is scored on the same
+  examples and masks.
+- **Ablations** (`--ablation`): the modern side with one element turned back to BERT's at a time
+  (`VARIANTS` below): 15% masking, split shards, learned positions, GELU (--ffn 384, the GeGLU's
+  parameter count), BERT's linear decay.
 
 Each side runs in its own process, one after the other, never at the same time.
 """
@@ -45,6 +54,20 @@ from bench.common import REPO, cpu_seconds, machine_line, report_result, run_sid
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 SHAPE = {"layers": 2, "hidden": 128, "heads": 2, "ffn": 512}
 SPLIT = (0.98, 0.02, 0.0)
+# The modern recipe at tiny scale: ModernBERT's block as wide as the BERT side's model, 30% masking.
+MODERN = {"model": "modern-tiny", "layers": 3, "hidden": 128, "heads": 2, "ffn": 256, "dropout": 0.0,
+          "mask_prob": 0.3, "stable": 0.8, "decay": "1-sqrt"}
+# side -> (shards it trains on, its trainer settings over the BERT recipe's)
+VARIANTS = {
+    "bertprep": ("split", {}),
+    "modern": ("pack", MODERN),
+    "modern-mask15": ("pack", MODERN | {"mask_prob": 0.15}),
+    "modern-split": ("split", MODERN),
+    "modern-learned-pos": ("pack", MODERN | {"positions": "learned"}),
+    "modern-gelu": ("pack", MODERN | {"mlp": "gelu", "ffn": 384}),
+    "modern-linear-decay": ("pack", MODERN | {"stable": 0.0, "decay": "linear"}),
+}
+ABLATIONS = [v for v in VARIANTS if v.startswith("modern-")]
 
 
 # --- the HuggingFace side --------------------------------------------------------------------------
@@ -204,18 +227,21 @@ def side_hf(a) -> None:
 
 # --- bertprep's side ---------------------------------------------------------------------------------
 
-def bertprep_config(a, out: Path, **kw):
+def bertprep_config(a, out: Path, variant: str = "bertprep", **kw):
     from bertprep.trainer.config import train_config
 
-    shards = tuple(map(str, sorted((a.shards).glob("train_*.arrow"))))
-    base = dict(shards=shards, out=str(out), model="tiny", **SHAPE, batch_size=a.batch, lr=a.lr,
+    kind, settings = VARIANTS[variant]
+    folder = a.shards if kind == "split" else a.shards.with_name(a.shards.name + "-pack")
+    shards = tuple(map(str, sorted(folder.glob("train_*.arrow"))))
+    val = tuple(map(str, sorted(a.shards.glob("val_*.arrow"))))  # every side: the split shards' val masks
+    base = dict(shards=shards, val_shards=val, out=str(out), model="tiny", **SHAPE, batch_size=a.batch, lr=a.lr,
                 warmup_steps=a.warmup, dropout=a.dropout, decay=a.decay, beta2=a.beta2, precision=a.precision,
                 seed=a.seed, val_interval=0,
                 val_examples=0, log_interval=100, ckpt_interval=10**9, tensorboard=False, quiet=False)
-    return train_config(**(base | kw))
+    return train_config(**(base | settings | kw))
 
 
-def side_bertprep(a) -> None:
+def side_bertprep(a, variant: str = "bertprep") -> None:
     import torch
 
     from bertprep.shards.reader import open_shards
@@ -226,10 +252,10 @@ def side_bertprep(a) -> None:
     copies = val[0].meta["dupe_factor"]  # evaluate on as many masked copies as the HF side
     per_copy = sum(s.num_examples for s in val) // copies
     val_batches = max(1, per_copy * min(copies, a.eval_masks) // a.batch)
-    print(f"[bertprep] --schedule time over {a.minutes:g} minutes; validation {val_batches} batches",
+    print(f"[{variant}] --schedule time over {a.minutes:g} minutes; validation {val_batches} batches",
           file=sys.stderr, flush=True)
     run = a.work / "run"
-    summary = train(bertprep_config(a, run, max_steps=10**9, max_time=a.minutes, schedule="time",
+    summary = train(bertprep_config(a, run, variant, max_steps=10**9, max_time=a.minutes, schedule="time",
                                     val_minutes=a.eval_every, val_batches=val_batches, log_interval=500))
     curve = [{"step": r["step"], "train_s": r["train_s"], "train_cpu_s": r["train_cpu_s"], "acc": r["val_mlm_acc"],
               "loss": r["val_loss"], "tokens": r["val_tokens"]}
@@ -391,6 +417,10 @@ def prepare(a, work: Path) -> dict:
     subprocess.run([*bertprep, "shard", "--tokens", str(work / "tokens"), "--out", str(work / "shards"),
                     "--strategy", "split", "--max-len", str(a.max_len), "--split", ",".join(map(str, SPLIT)),
                     "--dupe-factor", str(a.dupe_factor), "--seed", str(a.seed), "--overwrite"], check=True, cwd=REPO)
+    if any(VARIANTS.get(s, ("split",))[0] == "pack" for s in a.sides.split(",")):  # masked afresh each epoch
+        subprocess.run([*bertprep, "shard", "--tokens", str(work / "tokens"), "--out", str(work / "shards-pack"),
+                        "--strategy", "pack", "--max-len", str(a.max_len), "--split", ",".join(map(str, SPLIT)),
+                        "--seed", str(a.seed), "--overwrite"], check=True, cwd=REPO)
     kids = os.times()
     manifest = json.loads((work / "tokens" / "manifest.json").read_text())
     return {"prep_s": time.perf_counter() - t0,
@@ -418,6 +448,7 @@ def report(a, prep: dict, results: dict) -> dict:
             for m in marks]
     print(table(rows, ["minutes"] + [f"{n} acc" for n in names]))
     out = {"minutes": a.minutes, "prep": prep, "sides": results, "reach": {}}
+    anchors = [m for m in ("hf", "bertprep") if m in names]  # the reach columns: minutes to their finals
     rows = []
     for n in names:
         r, last = results[n], curves[n][-1]
@@ -428,10 +459,11 @@ def report(a, prep: dict, results: dict) -> dict:
         rows.append([n, f"{last['acc']:.4f}", f"{math.exp(last['loss']):.0f}", f"{r['steps']:,}",
                      f"{r['steps'] / last['train_s']:.2f}", f"{cpu_per_min:.2f}",
                      f"{r['prep_s']:.1f}"]
-                    + [f"{v:.2f}" if v is not None else "not reached" for v in reach.values()])
+                    + [("-" if m == n else f"{v:.2f}" if (v := reach.get(m)) is not None else "not reached")
+                       for m in anchors])
     print()
     print(table(rows, ["side", "final acc", "final ppl", "steps", "steps/s", "CPU s per s", "data prep s"]
-                + (["min to the other's final"] if len(names) == 2 else [])))
+                + [f"min to {m}'s final" for m in anchors]))
     if "hf" in curves and "bertprep" in curves:
         hf20, bp = curves["hf"][-1]["acc"], curves["bertprep"]
         t, cpu = minutes_to_reach(bp, hf20), minutes_to_reach(bp, hf20, "train_cpu_s")
@@ -440,6 +472,20 @@ def report(a, prep: dict, results: dict) -> dict:
                 else "not within its budget")
         print(f"\nbertprep reaches HF's {a.minutes:g}-minute accuracy ({hf20:.4f}) {when} "
               f"(target: <= {a.minutes / 2:g}); bertprep's own final: {bp[-1]['acc']:.4f}")
+    if "bertprep" in curves and "modern" in curves:
+        bert, modern = curves["bertprep"], curves["modern"]
+        t = minutes_to_reach(modern, bert[-1]["acc"])
+        print(f"\nmodern recipe: final {modern[-1]['acc']:.4f} = {modern[-1]['acc'] / bert[-1]['acc']:.2f}x the BERT "
+              f"recipe's {bert[-1]['acc']:.4f} (target >= 1.3x); reaches the BERT recipe's {a.minutes:g}-minute "
+              f"accuracy {'in %.2f minutes' % t if t is not None else 'not within its budget'} "
+              f"(target <= {a.minutes / 2:g})")
+        ablated = [n for n in names if n in ABLATIONS]
+        if ablated:
+            rows = [[n, f"{curves[n][-1]['acc']:.4f}", f"{curves[n][-1]['acc'] - modern[-1]['acc']:+.4f}"]
+                    for n in ablated]
+            print("\nablation: the modern side with one element turned back to BERT's (what it bought = -delta)")
+            print(table(rows, ["side", "final acc", "vs modern"]))
+            out["ablation"] = {n: curves[n][-1]["acc"] - modern[-1]["acc"] for n in ablated}
     print()
     print(ascii_plot(curves, a.minutes))
     return out
@@ -456,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-masks", type=int, default=10, help="differently masked copies of the held-out text")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sides", default="hf,bertprep", help="which sides to run, in this order")
+    p.add_argument("--sides", default="hf,bertprep,modern", help=f"which sides to run, in this order: hf and any of "
+                   f"{', '.join(VARIANTS)}")
+    p.add_argument("--ablation", action="store_true", help="also run the modern side with each element turned back "
+                   f"to BERT's ({', '.join(ABLATIONS)})")
     g = p.add_argument_group("bertprep's recipe")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--warmup", type=int, default=100)
@@ -472,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="save a plot (PNG/SVG, needs matplotlib)")
     p.add_argument("--step-costs", action="store_true", help="only time one training step of each side and "
                    "of ours with each speed choice added in turn (no CORPUS needed)")
-    p.add_argument("--side", choices=["hf", "bertprep"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=["hf", *VARIANTS], help=argparse.SUPPRESS)
     for hidden in ("--tokens", "--shards"):
         p.add_argument(hidden, type=Path, help=argparse.SUPPRESS)
     p.add_argument("--documents", type=int, help=argparse.SUPPRESS)
@@ -488,8 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         a.eval_every = a.minutes / 20
     if a.side == "hf":
         return side_hf(a)
-    if a.side == "bertprep":
-        return side_bertprep(a)
+    if a.side in VARIANTS:
+        return side_bertprep(a, a.side)
+    if a.ablation:
+        a.sides = ",".join(dict.fromkeys(a.sides.split(",") + ABLATIONS))
 
     print(machine_line())
     print(versions("torch", "transformers", "datasets", "tokenizers"))
@@ -505,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         for side in a.sides.split(","):
             load0 = os.getloadavg()[0]
             r = run_side("quality", side_args(a, work, side, prep["documents"]), env=OFFLINE)
-            if side == "bertprep":
+            if side in VARIANTS:
                 r["prep_s"], r["prep_cpu_s"] = prep["prep_s"], prep["prep_cpu_s"]
             r["load"] = [load0, os.getloadavg()[0]]
             print(f"{side}: {r['steps']:,} steps, load average {load0:.1f} at the start, {r['load'][1]:.1f} at the end",

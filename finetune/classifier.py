@@ -34,7 +34,6 @@ from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ShardFormatError
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.model import ModelConfig
-from bertprep.trainer.model import Bert
 
 CLASSIFIER_FORMAT = "bertprep-classifier"
 CLASSIFIER_VERSION = 3  # 2: optional rating head, num_classes 0, sentence pairs; 3: sealed
@@ -47,7 +46,7 @@ class Classifier(nn.Module):
 
     def __init__(self, mcfg: ModelConfig, num_classes: int, dropout: float, rating: tuple[float, float] | None = None):
         super().__init__()
-        self.bert = Bert(mcfg)
+        self.bert = ckpt_io.new_model(mcfg)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(mcfg.hidden, num_classes) if num_classes else None
         self.rate = nn.Linear(mcfg.hidden, 1) if rating else None

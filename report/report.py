@@ -41,7 +41,6 @@ from bertprep.trainer.artifacts import find_tokenizer, token_list
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.dist import Dist
 from bertprep.trainer.evaluation import default_val_shards, to_device, top_guesses, val_stream, validate
-from bertprep.trainer.model import Bert
 from bertprep.report.plotting import RunLog, draw, figure_bytes, read_run
 from bertprep.trainer.stream import shard_data
 
@@ -121,7 +120,7 @@ def _pretrain_predictions(run: RunLog, cfg: ReportConfig, config: dict, notes: l
     trained = ckpt_io.build_model(ck, ckpt_path)
     with torch.random.fork_rng(devices=[]):  # the run's own initial weights: the trainer seeds, then builds
         torch.manual_seed(int((ck.get("config") or {}).get("seed", flag_named(TrainConfig, "seed").default)))
-        untrained = Bert(trained.cfg)
+        untrained = ckpt_io.new_model(trained.cfg)
     d = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     stream = val_stream(shards, cfg.batch_size, d)
     if stream is None:
@@ -216,7 +215,7 @@ def _first_rows(shards: list, count: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def masked_predictions(model: Bert, shards: list, count: int, vocab: list[str] | None) -> list[dict]:
+def masked_predictions(model: torch.nn.Module, shards: list, count: int, vocab: list[str] | None) -> list[dict]:
     """The first `count` validation examples, token by token; a masked position carries the top-1
     guess (`text`), the true token (`truth`), `ok`, the `top` 3 (token, probability) and what the
     input held there (`[MASK]`, the token itself, or a random one)."""

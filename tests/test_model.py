@@ -117,7 +117,11 @@ def test_nsp_adds_to_the_loss():
 
 def test_presets_are_the_papers_shapes():
     assert {k: v[:2] for k, v in PRESETS.items()} == {
-        "tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512), "base": (12, 768), "large": (24, 1024)}
+        "tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512), "base": (12, 768), "large": (24, 1024),
+        # ModernBERT-base and -large (22 x 768, 28 x 1024; GeGLU widths 1152 and 2624)
+        "modern-tiny": (3, 128), "modern-mini": (6, 256), "modern-base": (22, 768), "modern-large": (28, 1024)}
+    assert PRESETS["modern-base"][3] == 1152 and PRESETS["modern-large"][3] == 2624
+    assert model_shape("modern-base", hidden=512)["ffn"] == 768  # GeGLU's 1.5x, not BERT's 4x
     assert model_shape("base") == {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072}
     assert model_shape("tiny", layers=3, hidden=64) == {"layers": 3, "hidden": 64, "heads": 1, "ffn": 256}
     with pytest.raises(ConfigError, match="--model"):
@@ -146,12 +150,20 @@ def test_no_weight_decay_on_biases_and_layernorm():
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
 
 
-@pytest.mark.parametrize("decay", ["linear", "cosine"])
+@pytest.mark.parametrize("decay", ["linear", "cosine", "1-sqrt"])
 def test_schedule_warms_up_then_decays_to_min(decay):
     f = [lr_factor(s, warmup=10, max_steps=100, decay=decay, min_ratio=0.1) for s in range(101)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert f[100] == pytest.approx(0.1)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_cools_down():
+    """--stable 0.8: the peak from the end of warm-up for 80% of the remaining 90 steps (to step 82),
+    then 1-sqrt down to the floor at the last step; the stretch and the cool-down are exact."""
+    f = [lr_factor(s, warmup=10, max_steps=100, decay="1-sqrt", min_ratio=0.0, stable=0.8) for s in range(101)]
+    assert f[10:83] == [1.0] * 73 and f[83] < 1.0
+    assert f[91] == pytest.approx(1 - ((91 - 82) / 18) ** 0.5) and f[100] == 0.0
 
 
 def test_hf_rename_table_round_trips_every_key():

@@ -36,8 +36,8 @@ import torch
 
 from bertprep.shards.atomic import atomic_write, remove_stale_temps
 from bertprep.shards.errors import BertprepError, InputError, ShardFormatError
-from bertprep.trainer.model import ModelConfig
-from bertprep.trainer.model import Bert
+from bertprep.trainer.model import Bert, ModelConfig
+from bertprep.trainer.modern import ModernBert
 
 FORMAT = "bertprep-checkpoint"
 VERSION = 2  # 2: sealed with a sha256 of the content, phase always present
@@ -132,7 +132,8 @@ def check(ckpt, path: Path | str) -> dict:
         what = ", ".join(missing) or "model, model_config, data or phase"
         raise ShardFormatError(f"{path}: damaged checkpoint ({what} missing or not a map)")
     check_seal(ckpt, path, DAMAGED_ADVICE)
-    check_shapes(ckpt["model"], expected_shapes(Bert, model_config(ckpt, path)), path)
+    mcfg = model_config(ckpt, path)
+    check_shapes(ckpt["model"], expected_shapes(model_class(mcfg), mcfg), path)
     return ckpt
 
 
@@ -144,9 +145,19 @@ def model_config(ckpt: dict, path: Path | str) -> ModelConfig:
         raise ShardFormatError(f"{path}: damaged checkpoint (model_config: {_first_line(str(e))})") from None
 
 
-def build_model(ckpt: dict, path: Path | str) -> Bert:
-    """The `Bert` a checked checkpoint (`load`) holds, its weights loaded, in eval mode, on the CPU."""
-    model = Bert(model_config(ckpt, path))
+def model_class(cfg: ModelConfig) -> type:
+    """The encoder class of an architecture: `Bert` (model.py) or `ModernBert` (modern.py)."""
+    return ModernBert if cfg.arch == "modern" else Bert
+
+
+def new_model(cfg: ModelConfig) -> torch.nn.Module:
+    """A freshly initialised encoder of `cfg`'s architecture and shape (torch's current seed)."""
+    return model_class(cfg)(cfg)
+
+
+def build_model(ckpt: dict, path: Path | str) -> torch.nn.Module:
+    """The encoder a checked checkpoint (`load`) holds, its weights loaded, in eval mode, on the CPU."""
+    model = new_model(model_config(ckpt, path))
     load_state(model, ckpt["model"], path)
     return model.eval()
 

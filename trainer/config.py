@@ -40,6 +40,13 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
     "medium": (8, 512, 8, 2048),
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
+    # ModernBERT (--arch modern): ffn is the GeGLU width F (Wi: C -> 2F). base and large are
+    # ModernBERT's own shapes; tiny and mini are as wide as BERT's, with a global layer and its two
+    # local ones (one ModernBERT period) or two periods.
+    "modern-tiny": (3, 128, 2, 256),
+    "modern-mini": (6, 256, 4, 512),
+    "modern-base": (22, 768, 12, 1152),
+    "modern-large": (28, 1024, 16, 2624),
 }
 # name -> (peak --lr, --warmup-steps) that trainer/run.py gives a preset when neither a flag, a
 # --config file nor a recipe sets them. base and large: the BERT paper's 1e-4 with 10,000 warm-up
@@ -54,9 +61,15 @@ PRESET_RATES: dict[str, tuple[float, int]] = {
     "medium": (2e-4, 3000),
     "base": (1e-4, 10_000),
     "large": (1e-4, 10_000),
+    # ModernBERT's peak rates (8e-4 base, 5e-4 large); the small ones as BERT's small presets.
+    "modern-tiny": (1e-3, 100),
+    "modern-mini": (8e-4, 300),
+    "modern-base": (8e-4, 10_000),
+    "modern-large": (5e-4, 10_000),
 }
 Preset = Literal[tuple(PRESETS)]
 Norm = Literal["post", "pre"]
+Arch = Literal["bert", "modern"]
 MINUTES_PER_YEAR = 365 * 24 * 60  # --max-time and --val-minutes: a year is longer than any run
 
 
@@ -67,8 +80,8 @@ def model_shape(preset: str, layers=None, hidden=None, heads=None, ffn=None) -> 
     base = dict(zip(("layers", "hidden", "heads", "ffn"), PRESETS[preset]))
     if hidden is not None and heads is None:  # keep 64-wide heads when only --hidden is given
         base["heads"] = max(1, hidden // 64)
-    if hidden is not None and ffn is None:
-        base["ffn"] = 4 * hidden
+    if hidden is not None and ffn is None:  # BERT's 4x; ModernBERT's GeGLU 1.5x (1152 at 768)
+        base["ffn"] = hidden * 3 // 2 if preset.startswith("modern-") else 4 * hidden
     given = dict(layers=layers, hidden=hidden, heads=heads, ffn=ffn)
     return base | {k: v for k, v in given.items() if v is not None}
 
@@ -78,14 +91,28 @@ class ShapeConfig:
     """model: the encoder's size and form (trainer/phases.py turns it into a ModelConfig)"""
 
     preset: Preset = option("base", flag="--model", help="size preset: layers/hidden of the BERT paper and "
-                            "Google's small BERTs")
+                            "Google's small BERTs; modern-*: ModernBERT's shapes (and --arch modern)")
+    arch: Arch | None = option(None, help=(
+        "bert: BERT-2018 (learned positions, GELU, post-norm by default); modern: ModernBERT (pre-norm, no "
+        "biases, GeGLU, rotary positions, local/global attention, no NSP head) [default: modern for a modern-* "
+        "--model, else bert]"))
     layers: int | None = option(None, at_least=1, at_most=1024, help="encoder layers (overrides the preset)")
     hidden: int | None = option(None, at_least=1, at_most=65536, help="hidden width (overrides the preset)")
     heads: int | None = option(None, at_least=1, at_most=1024,
                                help="attention heads (default: hidden/64 with --hidden, else the preset's)")
     ffn: int | None = option(None, at_least=1, at_most=1 << 20, help="feed-forward width (default: 4 x hidden)")
-    dropout: float = option(0.1, at_least=0, below=1, help="dropout on embeddings, attention and residual branches")
-    norm: Norm = option("post", help="post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm)")
+    dropout: float | None = option(None, at_least=0, below=1, help=(
+        "dropout on embeddings, attention and residual branches [default: 0.1 for bert, 0 for modern]"))
+    norm: Norm = option("post", help="post: LayerNorm after each residual (BERT); pre: before (+ final LayerNorm); "
+                        "--arch modern is always pre")
+    window: int = option(128, at_least=2, at_most=1 << 16, help=(
+        "--arch modern: the local layers attend over |i - j| <= window / 2 tokens (ModernBERT: 128)"))
+    global_every: int = option(3, at_least=1, at_most=1024, help=(
+        "--arch modern: layers 0, k, 2k, ... attend over the whole sequence, the others locally (ModernBERT: 3)"))
+    positions: Literal["rope", "learned"] = option("rope", help=(
+        "--arch modern: rotary positions (ModernBERT), or BERT's learned table (an ablation; not exportable)"))
+    mlp: Literal["geglu", "gelu"] = option("geglu", help=(
+        "--arch modern: GeGLU feed-forward (ModernBERT), or BERT's GELU (an ablation; not exportable)"))
     max_position: int | None = option(None, at_least=1, at_most=1 << 16, help=(
         "positions in the model's table, the longest shards it will take (default: 512, or the shards' length "
         "when longer)"))
@@ -98,6 +125,16 @@ class ShapeConfig:
 
     def shape(self) -> dict:
         return model_shape(self.preset, self.layers, self.hidden, self.heads, self.ffn)
+
+    @property
+    def architecture(self) -> str:
+        return self.arch or ("modern" if self.preset.startswith("modern-") else "bert")
+
+    @property
+    def dropout_rate(self) -> float:
+        if self.dropout is not None:
+            return self.dropout
+        return 0.0 if self.architecture == "modern" else 0.1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.config import model_shape
 from bertprep.trainer.artifacts import load_checkpoint
 from bertprep.trainer.dist import Dist, all_reduce_sum, pick_device
-from bertprep.trainer.model import Bert, ModelConfig, pretraining_loss
+from bertprep.trainer.model import ModelConfig, pretraining_loss
 from bertprep.trainer.stream import ShardStream, StreamConfig, shard_data
 
 SUMS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count")
@@ -144,8 +144,10 @@ def evaluate(val_shards, checkpoint: str | Path | None = None, *, model: str = "
         step = int(ck["step"])
     else:
         torch.manual_seed(seed)
-        net = Bert(ModelConfig(vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"],
-                               **model_shape(model)))
+        modern = model.startswith("modern-")
+        net = ckpt_io.new_model(ModelConfig(
+            vocab_size=data["vocab_size"], max_len=data["max_len"], nsp=data["nsp"] and not modern,
+            arch="modern" if modern else "bert", norm="pre" if modern else "post", **model_shape(model)))
     dev = pick_device(device)
     net.to(dev)
     d = Dist(rank=0, local_rank=0, world_size=1, device=dev)

@@ -105,3 +105,68 @@ def hf_config(cfg: ModelConfig, pad_id: int = 0) -> dict:
         "max_position_embeddings": cfg.max_len, "type_vocab_size": cfg.type_vocab_size,
         "layer_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.init_std, "pad_token_id": pad_id,
     }
+
+
+# --- ModernBERT (`--arch modern`) ----------------------------------------------------------------
+# trainer/modern.py names its parameters as transformers' ModernBertForMaskedLM does, minus the
+# `model.` prefix of the encoder; the decoder's weight is the tied token embedding.
+MODERN_ENCODER = ("embeddings.", "layers.", "final_norm.")
+MODERN_TIED = ("decoder.weight", "model.embeddings.tok_embeddings.weight")
+
+
+def modern_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A modern model's state dict under ModernBertForMaskedLM's names, the tied decoder listed."""
+    out = {}
+    for key, value in state.items():
+        if key == "decoder_bias":
+            out["decoder.bias"] = value
+        else:
+            out[f"model.{key}" if key.startswith(MODERN_ENCODER) else key] = value
+    out[MODERN_TIED[0]] = out[MODERN_TIED[1]]
+    return out
+
+
+def modern_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ModernBertForMaskedLM (or bare ModernBertModel) state dict under our names."""
+    if not any(k.startswith("model.") for k in hf_state):  # a bare ModernBertModel
+        hf_state = {f"model.{k}": v for k, v in hf_state.items()}
+    out = {}
+    for key, value in hf_state.items():
+        if key == MODERN_TIED[0]:
+            source = hf_state.get(MODERN_TIED[1])
+            if source is not None and not torch.equal(source, value):
+                raise ConfigError(f"{key} differs from {MODERN_TIED[1]}; our decoder is tied to it")
+            continue
+        if key == "decoder.bias":
+            out["decoder_bias"] = value
+        elif key.startswith("model.") and key[6:].startswith(MODERN_ENCODER):
+            out[key[6:]] = value
+        elif key.startswith("head."):
+            out[key] = value
+        else:
+            raise ConfigError(f"{key}: no counterpart in our modern encoder")
+    return out
+
+
+def modern_hf_config(cfg: ModelConfig, special_ids: dict) -> dict:
+    """config.json of transformers' ModernBertConfig for a modern model of our config."""
+    if (cfg.positions, cfg.mlp) != ("rope", "geglu"):
+        raise ConfigError(f"a modern model with --positions {cfg.positions} and --mlp {cfg.mlp} (an ablation) has no "
+                          "HuggingFace counterpart; ModernBERT has rotary positions and GeGLU")
+    return {
+        "model_type": "modernbert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden,
+        "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads, "intermediate_size": cfg.ffn,
+        "hidden_activation": "gelu", "classifier_activation": "gelu", "max_position_embeddings": cfg.max_len,
+        "norm_eps": cfg.layer_norm_eps, "norm_bias": False, "mlp_bias": False, "attention_bias": False,
+        "classifier_bias": False, "decoder_bias": True, "tie_word_embeddings": True,
+        "embedding_dropout": cfg.dropout, "attention_dropout": cfg.dropout, "mlp_dropout": cfg.dropout,
+        "initializer_range": cfg.init_std, "local_attention": cfg.window,
+        "global_attn_every_n_layers": cfg.global_every,
+        "layer_types": ["full_attention" if i % cfg.global_every == 0 else "sliding_attention"
+                        for i in range(cfg.layers)],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta}},
+        "pad_token_id": special_ids["pad"], "cls_token_id": special_ids["cls"], "sep_token_id": special_ids["sep"],
+        "bos_token_id": special_ids["cls"], "eos_token_id": special_ids["sep"], "sparse_prediction": False,
+        "classifier_pooling": "cls", "classifier_dropout": 0.0,
+    }

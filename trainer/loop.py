@@ -36,7 +36,7 @@ from bertprep.trainer import dist, phases
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.evaluation import decoded_examples, default_val_shards, val_stream, validate, vocab_for
 from bertprep.trainer.metrics import MetricsLog, train_line, val_line
-from bertprep.trainer.model import Bert, pretraining_loss
+from bertprep.trainer.model import pretraining_loss
 from bertprep.trainer.optim import BudgetProgress, apply_rates, build_optimizer, build_scheduler, optimizer_step
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.mixture import open_sources
@@ -136,7 +136,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
     mcfg = ckpt_io.model_config(ck, run_dir) if ck else phases.model_config(cfg, data, start)
     phase = ck["phase"] if ck else start.phase if start else phases.phase_record(1, data["max_len"], 0, 0)
     torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank (a resumed run's come from `ck`)
-    raw = (ckpt_io.build_model(ck, run_dir).train() if ck else Bert(mcfg)).to(d.device)
+    raw = (ckpt_io.build_model(ck, run_dir).train() if ck else ckpt_io.new_model(mcfg)).to(d.device)
     model = raw
     if d.distributed:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -165,7 +165,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
         step = int(ck["step"])
         log.truncate_after(step)
         shape = {k: getattr(mcfg, k) for k in ("layers", "hidden", "heads", "ffn")}
-        if shape != cfg.model.shape() or (mcfg.dropout, mcfg.norm) != (cfg.model.dropout, cfg.model.norm):
+        if shape != cfg.model.shape() or (mcfg.dropout, mcfg.norm) != (cfg.model.dropout_rate, cfg.model.norm):
             log.say(f"note: the model's shape comes from the checkpoint ({shape}, dropout {mcfg.dropout}, "
                     f"{mcfg.norm}-norm); the model flags of this run are ignored")
     elif start:
@@ -194,7 +194,7 @@ def _prepare(cfg: TrainConfig, d: dist.Dist, shards, data, run_dir: Path, ck: di
                                              "world_size": d.world_size, "global_batch": stream.G,
                                              "micro_batch": micro, "grad_accum": accum, "phase": phase})
     log.say(f"{'resuming at step ' + str(step) if ck else 'training'}: {raw.num_params():,} parameters "
-            f"({mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm), {len(shards)} shard file(s), "
+            f"({_describe_model(mcfg)}), {len(shards)} shard file(s), "
             f"{stream.steps_per_epoch} batches/epoch/rank, {d.world_size} rank(s) on {d.device.type}, run {run_dir}")
     if cfg.data.global_batch_size:
         log.say(f"global batch {stream.G}: {d.world_size} rank(s) x {micro} examples x {accum} micro-step(s)")
@@ -539,3 +539,10 @@ class _Run:
             else:
                 self.trace.write(f"{index} {f} {' '.join(map(str, rows.tolist()))}\n")
         return record
+
+
+def _describe_model(mcfg) -> str:
+    """`2x128, post-norm` (BERT) or `modern 3x128, window 128, global every 3` for the start line."""
+    if mcfg.arch == "modern":
+        return f"modern {mcfg.layers}x{mcfg.hidden}, window {mcfg.window}, global every {mcfg.global_every}"
+    return f"{mcfg.layers}x{mcfg.hidden}, {mcfg.norm}-norm"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from bertprep.shards.errors import ConfigError
 from bertprep.shards.options import check
-from bertprep.trainer.config import Norm
+from bertprep.trainer.config import Arch, Norm
 
 IGNORE = -100  # target of an unused prediction slot
 
@@ -58,6 +59,13 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
+    arch: Arch = "bert"          # "bert" (this file) or "modern" (trainer/modern.py; the fields below)
+    window: int = 128            # modern: local layers attend over |i - j| <= window / 2
+    global_every: int = 3        # modern: layers 0, k, 2k, ... attend globally
+    rope_theta: float = 160_000.0        # modern: RoPE base of the global layers
+    local_rope_theta: float = 10_000.0   # modern: RoPE base of the local layers
+    positions: Literal["rope", "learned"] = "rope"   # modern, ablations only: BERT's learned table
+    mlp: Literal["geglu", "gelu"] = "geglu"          # modern, ablations only: BERT's GELU feed-forward
 
     def __post_init__(self):
         check(self)
@@ -68,6 +76,9 @@ class ModelConfig:
             raise ConfigError(f"--hidden ({self.hidden}) must be a multiple of --heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.arch == "modern" and (self.hidden // self.heads) % 2:
+            raise ConfigError(f"--arch modern: rotary embeddings need an even head width, got "
+                              f"{self.hidden} / {self.heads} = {self.hidden // self.heads}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,6 +222,8 @@ class NSPHead(nn.Module):
 
 
 class Bert(nn.Module):
+    MLM_HEAD = ("mlm.",)  # state-dict prefixes of the MLM head (a bare encoder lacks them)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -1,7 +1,8 @@
 """The optimizer side of a training step, for pretraining and fine-tuning alike: AdamW with BERT's
 weight-decay groups (`adamw`), the learning-rate schedule (linear warm-up, then linear or cosine
-decay to a floor at the last step: `step_schedule`; or, `--schedule time`, when the `--max-time`
-budget runs out), the update itself (`optimizer_step`: clip, step, clear), and the rates a resumed
+decay to a floor at the last step, optionally after a stable stretch at the peak (warm-up / stable /
+decay, as ModernBERT trains): `step_schedule`; or, `--schedule time`, when the `--max-time` budget
+runs out), the update itself (`optimizer_step`: clip, step, clear), and the rates a resumed
 or continued run applies over the state it loads (`apply_rates`)."""
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ class OptimConfig:
     lr: float = option(1e-4, above=0, at_most=1.0, help="peak learning rate")
     min_lr: float = option(0.0, at_least=0, at_most=1.0, help="learning rate at --max-steps")
     warmup_steps: int = option(10_000, at_least=0, at_most=10**9, help="steps of linear warm-up from 0 to --lr")
-    decay: Literal["linear", "cosine"] = option("linear", help="decay after warm-up")
+    decay: Literal["linear", "cosine", "1-sqrt"] = option("linear", help=(
+        "decay after warm-up (and after --stable): linear, cosine, or 1-sqrt (1 - sqrt(progress), the cool-down of "
+        "warm-up/stable/decay schedules)"))
+    stable: float = option(0.0, at_least=0, below=1, help=(
+        "share of the steps (or time) after warm-up held at the peak --lr before the decay starts: a warm-up / "
+        "stable / decay schedule (ModernBERT; 0: decay right after warm-up, as BERT)"))
     schedule: Literal["steps", "time"] = option("steps", help=(
         "steps: the decay ends at --max-steps; time: it ends as the --max-time budget runs out (the rate follows "
         "the clock, so the run ends annealed whatever its speed)"))
@@ -85,29 +91,34 @@ def optimizer_step(optimizer: torch.optim.Optimizer, parameters, clip: float) ->
     optimizer.zero_grad(set_to_none=True)
 
 
-def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: float) -> float:
+def lr_factor(step: int, *, warmup: int, max_steps: int, decay: str, min_ratio: float, stable: float = 0.0) -> float:
     """Multiplier of --lr for the update that follows `step` completed updates."""
     if step < warmup:
         return (step + 1) / warmup
     span = max(1, max_steps - warmup)
-    return decayed(min(1.0, (step - warmup) / span), decay, min_ratio)
+    return decayed(min(1.0, (step - warmup) / span), decay, min_ratio, stable)
 
 
-def decayed(progress: float, decay: str, min_ratio: float) -> float:
-    """The decay's multiplier `progress` (0 to 1) of the way from the peak to `min_ratio`."""
+def decayed(progress: float, decay: str, min_ratio: float, stable: float = 0.0) -> float:
+    """The multiplier `progress` (0 to 1) of the way from the end of warm-up to the last step: the
+    peak for the first `stable` of it, then `decay` from the peak to `min_ratio`."""
+    progress = max(0.0, progress - stable) / (1.0 - stable)
     if decay == "cosine":
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if decay == "1-sqrt":
+        return min_ratio + (1 - min_ratio) * (1 - math.sqrt(progress))
     return 1.0 - (1 - min_ratio) * progress
 
 
-def budget_lr_factor(step: int, fraction: float, *, warmup: int, decay: str, min_ratio: float) -> float:
+def budget_lr_factor(step: int, fraction: float, *, warmup: int, decay: str, min_ratio: float,
+                     stable: float = 0.0) -> float:
     """Multiplier of --lr on a time budget: the decay follows `fraction`, the share of the budget
     used so far, and ends at `min_ratio` as the budget runs out; warm-up (in steps, as ever) ramps
     up to that curve. Why time and not steps: a run that stops on --max-time with a step horizon
     guessed from a measured rate either stops before its decay ends or is cut off before the low
     learning rates where most of a short run's accuracy is gained; the clock knows when it ends."""
     ramp = (step + 1) / warmup if step < warmup else 1.0
-    return min(ramp, decayed(min(1.0, max(0.0, fraction)), decay, min_ratio))
+    return min(ramp, decayed(min(1.0, max(0.0, fraction)), decay, min_ratio, stable))
 
 
 class BudgetProgress:
@@ -129,23 +140,23 @@ def build_scheduler(optimizer, cfg: OptimConfig, max_steps: int, start: int = 0,
     min_ratio = cfg.min_lr / cfg.lr
     if cfg.schedule == "steps":
         return step_schedule(optimizer, warmup=cfg.warmup_steps, max_steps=max_steps - start, decay=cfg.decay,
-                             min_ratio=min_ratio)
+                             min_ratio=min_ratio, stable=cfg.stable)
 
     def factor(step: int) -> float:  # `step`: updates since the schedule began
         return budget_lr_factor(step, progress.fraction if progress else 0.0, warmup=cfg.warmup_steps,
-                                decay=cfg.decay, min_ratio=min_ratio)
+                                decay=cfg.decay, min_ratio=min_ratio, stable=cfg.stable)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def step_schedule(optimizer, *, warmup: int, max_steps: int, decay: str = "linear",
-                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup` updates, then `decay` to `min_ratio` x the peak at `max_steps`
-    updates (counted from the schedule's first)."""
+                  min_ratio: float = 0.0, stable: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` updates, the peak for `stable` of the rest, then `decay` to
+    `min_ratio` x the peak at `max_steps` updates (counted from the schedule's first)."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup=warmup, max_steps=max_steps, decay=decay, min_ratio=min_ratio))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, warmup=warmup, max_steps=max_steps, decay=decay, min_ratio=min_ratio, stable=stable))
 
 
 def apply_rates(opt: torch.optim.AdamW, sched: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig,

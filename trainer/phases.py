@@ -221,12 +221,18 @@ def model_config(cfg: TrainConfig, data: dict, start: Start | None) -> ModelConf
     """A fresh model: the flags' shape with --max-position positions; from a start: the source's
     shape and position table, with this run's dropout and an NSP head when these shards have NSP."""
     if start is not None:
-        return dataclasses.replace(start.model_config, dropout=cfg.model.dropout, nsp=data["nsp"])
+        mcfg = start.model_config
+        dropout = cfg.model.dropout if cfg.model.dropout is not None else (0.0 if mcfg.arch == "modern" else 0.1)
+        return dataclasses.replace(mcfg, dropout=dropout, nsp=data["nsp"] and mcfg.arch == "bert")
     positions = cfg.model.max_position or max(DEFAULT_POSITIONS, data["max_len"])
     if positions < data["max_len"]:
         raise ConfigError(f"--max-position {positions} is shorter than the shards' {data['max_len']}-token examples")
-    return ModelConfig(vocab_size=data["vocab_size"], max_len=positions, nsp=data["nsp"], dropout=cfg.model.dropout,
-                       norm=cfg.model.norm, **cfg.model.shape())
+    shape = dict(vocab_size=data["vocab_size"], max_len=positions, dropout=cfg.model.dropout_rate, **cfg.model.shape())
+    if cfg.model.architecture == "modern":  # always pre-norm, no NSP head (the shards' labels go unused)
+        return ModelConfig(**shape, arch="modern", norm="pre", nsp=False, layer_norm_eps=1e-5,
+                           window=cfg.model.window, global_every=cfg.model.global_every,
+                           positions=cfg.model.positions, mlp=cfg.model.mlp)
+    return ModelConfig(**shape, nsp=data["nsp"], norm=cfg.model.norm)
 
 
 def load_weights(model, start: Start) -> list[str]:
@@ -240,11 +246,12 @@ def load_weights(model, start: Start) -> list[str]:
     except RuntimeError as e:  # a tensor of another shape
         why = str(e).strip().splitlines()[-1][:200]
         raise ShardFormatError(f"{start.source}: weights do not fit the model ({why})") from None
-    bad = [k for k in result.missing_keys if not k.startswith(("mlm.", "nsp."))] + list(result.unexpected_keys)
+    head = model.MLM_HEAD
+    bad = [k for k in result.missing_keys if not k.startswith((*head, "nsp."))] + list(result.unexpected_keys)
     if bad:
         raise ShardFormatError(f"{start.source}: weights do not fit the model ({', '.join(bad[:3])} ...)")
     notes = list(start.notes)
-    if any(k.startswith("mlm.") for k in result.missing_keys):
+    if any(k.startswith(head) for k in result.missing_keys):
         notes.append("the MLM head starts fresh (the source has none)")
     if any(k.startswith("nsp.") for k in result.missing_keys):
         notes.append("the NSP head starts fresh (the source was trained without next-sentence prediction)")
