@@ -169,3 +169,30 @@ def test_ablation_switches_change_the_model_and_are_not_exported(switch):
         assert torch.isfinite(model(ids, None, lengths)[0]).all()
     with pytest.raises(Exception, match="no HuggingFace counterpart"):
         modern_hf_config(cfg, SPECIALS)
+
+
+@pytest.mark.parametrize("window", [4, 128])
+def test_packed_documents_do_not_talk_to_each_other(window):
+    """The modern encoder on `pack` rows: changing one document leaves the other's hidden states
+    bit for bit; each document's states are those it gets alone (RoPE restarting at its [CLS]), the
+    sliding window applied within it; the last layer at gathered rows computes the same."""
+    from test_model import V, packed_pair
+
+    torch.manual_seed(0)
+    model = ModernBert(_config(vocab_size=V, window=window)).eval()
+    ids, length, starts = packed_pair()
+    other = ids.clone()
+    other[0, 8:14] = torch.randint(5, V, (6,), generator=torch.Generator().manual_seed(9))  # document b only
+    with torch.no_grad():
+        h1 = model.encode(ids, None, length, doc_starts=starts)
+        h2 = model.encode(other, None, length, doc_starts=starts)
+        torch.testing.assert_close(h1[0, :7], h2[0, :7], rtol=0, atol=0)
+        assert not torch.allclose(h1[0, 7:15], h2[0, 7:15])
+        assert not torch.allclose(model.encode(ids, None, length)[0, :7], h1[0, :7])  # without boundaries they mix
+        for lo, hi in ((0, 7), (7, 15)):
+            alone = model.encode(ids[:, lo:hi], None, torch.tensor([hi - lo]))
+            torch.testing.assert_close(h1[0, lo:hi], alone[0], rtol=1e-5, atol=1e-5)
+        rows = torch.tensor([[3, 10, 12]])
+        at, _ = model(ids, None, length, rows, starts)
+        full, _ = model(ids, None, length, None, starts)
+        torch.testing.assert_close(at[0], full[0, rows[0]], rtol=1e-5, atol=1e-5)

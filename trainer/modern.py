@@ -15,9 +15,11 @@ Two switches exist for ablations only (bench.quality), and make a model transfor
 feed-forward instead of GeGLU).
 
 Kept from model.py: the MLM head runs only at the prediction slots and the last layer only at the
-rows a head reads (`rows`), key padding as a boolean mask built on the device, and the same
-`forward(input_ids, token_type_ids, lengths, masked_positions)` so the loop, validation, predict
-and fine-tuning take either architecture. `token_type_ids` is accepted and ignored.
+rows a head reads (`rows`), key padding as a boolean mask built on the device, the per-document
+attention of `pack` shards (`doc_starts`: no attention across a document piece, RoPE positions
+restarting at each; the sliding window applies within the piece), and the same
+`forward(input_ids, token_type_ids, lengths, masked_positions, doc_starts)` so the loop,
+validation, predict and fine-tuning take either architecture. `token_type_ids` is ignored.
 
 Parameter names are transformers' `ModernBertForMaskedLM` names without its `model.` prefix, so
 the export (trainer/hf.py `modern_to_hf`) is a prefix and the tied decoder, nothing else.
@@ -29,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bertprep.trainer.model import ModelConfig, attention_math, gather_rows
+from bertprep.trainer.model import ModelConfig, attention_math, document_layout, gather_rows
 
 
 def layer_is_global(cfg: ModelConfig, i: int) -> bool:
@@ -60,10 +62,10 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, pos):
         x = self.tok_embeddings(input_ids)                                          # (B, T, C)
         if self.pos_embeddings is not None:
-            x = x + self.pos_embeddings(torch.arange(input_ids.size(1), device=input_ids.device))[None]
+            x = x + self.pos_embeddings(pos)                                        # pos (B | 1, T)
         return self.drop(self.norm(x))
 
 
@@ -184,22 +186,27 @@ class ModernBert(nn.Module):
         emb = torch.cat((f, f), dim=-1)[:, None]                                    # (B, 1, T, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def encode(self, input_ids, token_type_ids, lengths, rows=None):
-        """Hidden states (B, T, C) after the final norm, or (B, Q, C) at `rows` (B, Q) only."""
+    def encode(self, input_ids, token_type_ids, lengths, rows=None, doc_starts=None):
+        """Hidden states (B, T, C) after the final norm, or (B, Q, C) at `rows` (B, Q) only; with
+        `doc_starts` (B, K) (`pack` shards) a token sees only its own document piece."""
         B, T = input_ids.shape
         dev = input_ids.device
         idx = torch.arange(T, device=dev)
         keep = idx[None, :] < lengths[:, None]                                      # (B, T)
-        global_mask = keep[:, None, None, :]                                        # (B, 1, 1, T)
-        if dev.type == "cpu" and bool(keep.all()):  # no padding: nothing to mask (a sync, CPU only)
+        if doc_starts is not None:
+            piece, pos = document_layout(doc_starts, T)                             # (B, T), (B, T)
+            seen = (piece[:, :, None] == piece[:, None, :]) & keep[:, None, :]      # (B, T, T)
+        else:
+            pos, seen = idx[None], keep[:, None, :]                                 # (1, T), (B, 1, T)
+        global_mask = seen[:, None]                                                 # (B, 1, T | 1, T)
+        if doc_starts is None and dev.type == "cpu" and bool(keep.all()):  # nothing to mask (a sync, CPU only)
             global_mask = None
         if self.cfg.window // 2 >= T - 1:  # the window spans the sequence: local layers are global
-            local_mask = keep[:, None, None, :]                                      # (B, 1, 1, T)
+            local_mask = global_mask
         else:
             near = (idx[:, None] - idx[None, :]).abs() <= self.cfg.window // 2      # (T, T)
-            local_mask = near[None, None] & keep[:, None, None, :]                  # (B, 1, T, T)
-        x = self.embeddings(input_ids)                                              # (B, T, C)
-        pos = idx[None]
+            local_mask = (near[None] & seen)[:, None]                               # (B, 1, T, T)
+        x = self.embeddings(input_ids, pos)                                         # (B, T, C)
         if self.cfg.positions == "rope":
             ropes = {True: self._rope(pos, self.freq_global, x.dtype), False: self._rope(pos, self.freq_local, x.dtype)}
         else:
@@ -208,18 +215,15 @@ class ModernBert(nn.Module):
         for i, block in enumerate(self.layers):
             r = rows if i == last else None
             mask = global_mask if block.is_global else local_mask
-            if r is not None and not block.is_global and mask.size(2) > 1:
-                mask = torch.gather(local_mask, 2, r[:, None, :, None].expand(-1, 1, -1, T))  # (B, 1, Q, T)
+            if r is not None and mask is not None and mask.size(2) > 1:  # the queries' rows of a (B, 1, T, T) mask
+                mask = torch.gather(mask, 2, r[:, None, :, None].expand(-1, 1, -1, T))      # (B, 1, Q, T)
             x = block(x, mask, *ropes[block.is_global], r)
         if rows is not None and not self.layers:
             x = gather_rows(x, rows)
         return self.final_norm(x)
 
-    def forward(self, input_ids, token_type_ids, lengths, masked_positions=None):
+    def forward(self, input_ids, token_type_ids, lengths, masked_positions=None, doc_starts=None):
         """MLM logits (B, P, V) at `masked_positions` (B, P), or (B, T, V) at every position when
-        None, and None for NSP (this architecture has no NSP head)."""
-        if masked_positions is None:
-            h = self.encode(input_ids, token_type_ids, lengths)                     # (B, T, C)
-        else:
-            h = self.encode(input_ids, token_type_ids, lengths, masked_positions)   # (B, P, C)
+        None, and None for NSP (this architecture has no NSP head). `doc_starts`: see `encode`."""
+        h = self.encode(input_ids, token_type_ids, lengths, masked_positions, doc_starts)  # (B, P | T, C)
         return F.linear(self.head(h), self.tok_weight, self.decoder_bias), None     # (B, P, V)
