@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_recipes_hold_the_papers_settings():
-    assert available() == ["bert-base", "bert-mini", "bert-small", "bert-tiny", "pre-ln"]
+    assert available() == ["bert-base", "bert-mini", "bert-small", "bert-tiny", "modern-base", "modern-tiny", "pre-ln"]
     base = load_recipe("bert-base")
     assert base.train == {"model": "base", "dropout": 0.1, "norm": "post", "max_position": 512, "batch_size": 256,
                           "lr": 1e-4, "min_lr": 0.0, "warmup_steps": 10000, "decay": "linear", "weight_decay": 0.01,
@@ -40,6 +40,32 @@ def test_shipped_recipes_hold_the_papers_settings():
     for size in ("tiny", "mini", "small"):
         r = load_recipe(f"bert-{size}")
         assert r.train == base.train | {"model": size} and r.phases == base.phases
+
+
+def test_modern_recipes_hold_modernberts_settings():
+    base = load_recipe("modern-base")
+    assert base.data == {"vocab-size": 50368, "lowercase": False, "nsp": False, "strategy": "pack"}
+    assert {k: base.train[k] for k in ("model", "mask_prob", "lr", "stable", "decay", "beta2", "weight_decay")} == {
+        "model": "modern-base", "mask_prob": 0.3, "lr": 8e-4, "stable": 0.9, "decay": "1-sqrt", "beta2": 0.98,
+        "weight_decay": 1e-5}
+    tiny = load_recipe("modern-tiny")
+    assert tiny.train["model"] == "modern-tiny" and tiny.train["mask_prob"] == 0.3 and tiny.data["strategy"] == "pack"
+    assert [(p.max_len, p.max_steps) for p in tiny.phases] == [(128, 20_000)]
+
+
+def test_modern_tiny_commands_run_as_printed(tmp_path, monkeypatch, capsys):
+    """modern-tiny sized down: packed shards with one copy (the trainer re-masks), then a modern run at 30%."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["recipe", "modern-tiny", WIKI, "--steps", "6", "--batch-size", "8", "--vocab-size", "2000"]) == 0
+    steps = _steps(capsys.readouterr().out)
+    assert "--strategy pack --dupe-factor 1" in steps[1][1]
+    for _, command in steps:
+        argv = shlex.split(command)
+        assert (run_cli(argv[1:]) if argv[0] == "bertprep" else train_main(argv[2:])) == 0, command
+    ck = ckpt_io.load(ckpt_io.newest(tmp_path / "runs" / "modern-tiny-128"))
+    assert ck["step"] == 6 and ck["model_config"]["arch"] == "modern"
+    written = json.loads((tmp_path / "runs" / "modern-tiny-128" / "config.json").read_text())["train"]
+    assert written["mask_prob"] == 0.3 and written["decay"] == "1-sqrt"
 
 
 def test_recipe_lies_beneath_config_and_flags_and_follows_the_phase(tmp_path):

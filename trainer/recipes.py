@@ -5,7 +5,8 @@ commands of a whole pretraining by `bertprep recipe NAME` (`plan`).
 A recipe file holds `description` and `reference` strings, optionally `extends = "other-recipe"`
 (its tables are merged over the other's), and three tables:
 
-    [data]      tokenize/shard settings: vocab-size, lowercase, nsp, mask-prob, whole-word, short-seq-prob
+    [data]      tokenize/shard settings: vocab-size, lowercase, nsp, mask-prob, whole-word, short-seq-prob,
+                strategy
     [train]     trainer flags every phase shares (flag names, as in --config)
     [[phase]]   one per phase, in order: max-len and max-predictions (the shards it reads), max-steps
                 (the step counter at its end: phases continue it) and any trainer flag for it alone
@@ -27,7 +28,7 @@ from bertprep.shards.schema import default_max_predictions
 from bertprep.trainer.config import TrainConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-DATA_KEYS = {"vocab-size", "lowercase", "nsp", "mask-prob", "whole-word", "short-seq-prob"}
+DATA_KEYS = {"vocab-size", "lowercase", "nsp", "mask-prob", "whole-word", "short-seq-prob", "strategy"}
 PHASE_DATA_KEYS = {"max-len", "max-predictions"}
 # Flags a recipe may not set: where the data and the run are, and how this run starts.
 NOT_IN_RECIPES = {"shards", "val_shards", "vocab", "out", "resume", "init_from", "init_from_hf", "recipe", "quiet",
@@ -83,7 +84,7 @@ def _read(name: str, seen: tuple = ()) -> tuple[dict, Path]:
 
 # The [data] settings' types (their bounds are the tokenize/shard configs', checked when run).
 DATA_TYPES = {"vocab-size": int, "lowercase": bool, "nsp": bool, "mask-prob": float, "whole-word": bool,
-              "short-seq-prob": float}
+              "short-seq-prob": float, "strategy": str}
 
 
 def _train_settings(table: dict, where: str) -> dict:
@@ -191,15 +192,21 @@ def plan(recipe: Recipe, corpus: list[str], *, data_defaults: dict, tokens: int 
     start = 0
     for i, (p, end) in enumerate(zip(recipe.phases, ends), 1):
         specials = 3 if nsp else 2
-        examples = max(1, int(n_tokens * 0.98 / ((p.max_len - specials) * FILL)))
+        packed = data.get("strategy") == "pack"  # no padding; a [CLS] and [SEP] per ~1.1 documents a row
+        examples = max(1, int(n_tokens * 0.98 / ((p.max_len - specials) * (0.99 if packed else FILL))))
         seen = (end - start) * global_batch
         epochs = seen / examples
-        dupe = min(10, max(1, round(epochs)))  # google-research/bert: dupe_factor 10, masks drawn once per copy
+        # google-research/bert: dupe_factor 10, masks drawn once per copy; with --mask-prob the trainer
+        # masks every epoch afresh, so one copy is enough
+        dynamic = recipe.settings(i).get("mask_prob") is not None
+        dupe = 1 if dynamic else min(10, max(1, round(epochs)))
         shard_dir = f"shards-{p.max_len}"
         cmd = f"bertprep shard --tokens {tokens_dir} --out {shard_dir} --max-len {p.max_len}"
         if p.max_predictions:
             cmd += f" --max-predictions {p.max_predictions}"
         cmd += (" --nsp" if nsp else "") + (" --whole-word" if data["whole-word"] else "")
+        if data.get("strategy", "segment") != data_defaults.get("strategy", "segment"):
+            cmd += f" --strategy {data['strategy']}"
         for key in ("mask-prob", "short-seq-prob"):
             if data[key] != data_defaults[key]:
                 cmd += f" --{key} {data[key]}"
@@ -207,7 +214,9 @@ def plan(recipe: Recipe, corpus: list[str], *, data_defaults: dict, tokens: int 
         slots = p.max_predictions or default_max_predictions(p.max_len, float(data["mask-prob"]))
         size = examples * dupe * (3 * p.max_len + 4 * slots + 6)  # uint16 ids, uint8 segments, uint16 targets
         steps_list.append(Step(
-            f"Shard at {p.max_len} tokens for phase {i} ({dupe} differently masked cop{'y' if dupe == 1 else 'ies'}, "
+            f"Shard at {p.max_len} tokens for phase {i} ("
+            + ("masked afresh each epoch by the trainer" if dynamic else
+               f"{dupe} differently masked cop{'y' if dupe == 1 else 'ies'}") + ", "
             f"about {examples * dupe:,} examples, ~{_bytes(size)}; --split-seed 0 puts the same documents in "
             f"train/val/test at every length)", cmd))
         lines.append(f"phase {i}: steps {start:,} -> {end:,} at {p.max_len} tokens, batch {global_batch}: "
