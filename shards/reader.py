@@ -34,8 +34,10 @@ def open_shard(path: Path | str):
     raise ShardFormatError(f"{path}: not a shard file name (expected .arrow or .msgpack.zst)")
 
 
-def check_compatible(shards: list, what: str = "shards") -> dict:
-    """Refuse a set of shards whose settings differ; returns the shared settings."""
+def check_compatible(shards: list, what: str = "shards", same_layout: bool = True) -> dict:
+    """Refuse a set of shards whose settings differ; returns the shared settings. `same_layout`:
+    also refuse `pack` shards beside others (one stream's batches share their columns; training
+    shards validated on shards of another strategy pass False)."""
     if not shards:
         raise ShardFormatError(f"no {what} given")
     first = shards[0]
@@ -46,7 +48,7 @@ def check_compatible(shards: list, what: str = "shards") -> dict:
                     f"{s.path}: {key} is {s.meta.get(key)!r} but {first.path} has {first.meta.get(key)!r}; "
                     f"{what} trained together must come from one tokenizer and one --max-len"
                 )
-        if _packed(s) != _packed(first):
+        if same_layout and _packed(s) != _packed(first):
             raise ShardFormatError(
                 f"{s.path}: strategy is {s.meta['strategy']!r} but {first.path} has {first.meta['strategy']!r}; "
                 f"{what} trained together are either all `pack` shards (with document boundaries) or none"

@@ -275,7 +275,9 @@ def _validation_data(cfg: TrainConfig, shards: list, d: dist.Dist, log: MetricsL
         return None
     val_shards = open_shards(paths)
     _check_shards(cfg, val_shards, d)
-    check_compatible(shards + val_shards, "training and validation shards")
+    # One tokenizer and length; the strategy may differ (a val stream is its own: `pack` training
+    # shards may be scored on another strategy's static masks, as bench.quality compares recipes).
+    check_compatible(shards + val_shards, "training and validation shards", same_layout=False)
     stream = val_stream(val_shards, batch_size, d)
     if stream is None:
         log.say("validation shards hold fewer examples than there are ranks: skipping validation")
