@@ -37,8 +37,9 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c
 	$(PY) -m pip install -q -e '.[dev,plot,cluster]'
 	touch $@
 
+# Two workers (pytest-xdist): the suite is mostly one-threaded Python, and CI has 2 cores.
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # The report's browser test needs headless Chromium: installed here when missing, where apt-get
 # and root are; elsewhere that test skips with the reason and the rest still runs.

@@ -88,3 +88,15 @@ def token_store_copy(token_store, tmp_path) -> Path:
     dst = tmp_path / "tokens"
     shutil.copytree(token_store, dst)
     return dst
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs `pytest -n 2 --dist loadgroup`: a module's tests stay together on one worker
+    (its module fixtures are built once), except tests/test_docs.py's, whose pages are spread over
+    the workers (a page's blocks run in order, in its own directory, on one worker)."""
+    for item in items:
+        group = item.nodeid.split("::")[0]
+        if getattr(item, "originalname", "") == "test_shown_commands_run":
+            group += "::" + item.callspec.id.rsplit(":", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
