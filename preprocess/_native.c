@@ -238,28 +238,33 @@ static int flush_word(const Encoder *E, Work *W) {
     return rc;
 }
 
-static inline void append_char(const Encoder *E, Work *W, uint32_t cp) {
-    if (W->wchars++ >= E->max_chars) return; /* already too long for WordPiece: only the count matters */
-    unsigned char *o = W->word + W->wlen;
+/* UTF-8 of code point cp at o (room for 4 bytes); returns the bytes written. */
+static inline int utf8_encode(unsigned char *o, uint32_t cp) {
     if (cp < 0x80) {
         o[0] = (unsigned char)cp;
-        W->wlen += 1;
-    } else if (cp < 0x800) {
+        return 1;
+    }
+    if (cp < 0x800) {
         o[0] = 0xC0 | (cp >> 6);
         o[1] = 0x80 | (cp & 0x3F);
-        W->wlen += 2;
-    } else if (cp < 0x10000) {
+        return 2;
+    }
+    if (cp < 0x10000) {
         o[0] = 0xE0 | (cp >> 12);
         o[1] = 0x80 | ((cp >> 6) & 0x3F);
         o[2] = 0x80 | (cp & 0x3F);
-        W->wlen += 3;
-    } else {
-        o[0] = 0xF0 | (cp >> 18);
-        o[1] = 0x80 | ((cp >> 12) & 0x3F);
-        o[2] = 0x80 | ((cp >> 6) & 0x3F);
-        o[3] = 0x80 | (cp & 0x3F);
-        W->wlen += 4;
+        return 3;
     }
+    o[0] = 0xF0 | (cp >> 18);
+    o[1] = 0x80 | ((cp >> 12) & 0x3F);
+    o[2] = 0x80 | ((cp >> 6) & 0x3F);
+    o[3] = 0x80 | (cp & 0x3F);
+    return 4;
+}
+
+static inline void append_char(const Encoder *E, Work *W, uint32_t cp) {
+    if (W->wchars++ >= E->max_chars) return; /* already too long for WordPiece: only the count matters */
+    W->wlen += utf8_encode(W->word + W->wlen, cp);
 }
 
 static inline int emit_char(const Encoder *E, Work *W, int cls, uint32_t cp) {
@@ -581,26 +586,7 @@ out:
 
 static inline int put_utf8(Buf *b, uint32_t cp) {
     if (buf_grow(b, 4) < 0) return -1;
-    unsigned char *o = (unsigned char *)b->p + b->n;
-    if (cp < 0x80) {
-        o[0] = (unsigned char)cp;
-        b->n += 1;
-    } else if (cp < 0x800) {
-        o[0] = 0xC0 | (cp >> 6);
-        o[1] = 0x80 | (cp & 0x3F);
-        b->n += 2;
-    } else if (cp < 0x10000) {
-        o[0] = 0xE0 | (cp >> 12);
-        o[1] = 0x80 | ((cp >> 6) & 0x3F);
-        o[2] = 0x80 | (cp & 0x3F);
-        b->n += 3;
-    } else {
-        o[0] = 0xF0 | (cp >> 18);
-        o[1] = 0x80 | ((cp >> 12) & 0x3F);
-        o[2] = 0x80 | ((cp >> 6) & 0x3F);
-        o[3] = 0x80 | (cp & 0x3F);
-        b->n += 4;
-    }
+    b->n += utf8_encode((unsigned char *)b->p + b->n, cp);
     return 0;
 }
 
