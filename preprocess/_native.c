@@ -180,6 +180,25 @@ typedef struct {
     Py_ssize_t len;
 } Para;
 
+/* Fill P[0..n) from the list of str `paras`, each held (Py_INCREF) while the GIL is released; on
+   a non-str item a TypeError naming `who` and -1 (the items held so far are in P: callers release
+   P[i].obj with Py_XDECREF over a zeroed array). */
+static int hold_paras(PyObject *paras, Para *P, Py_ssize_t n, const char *who) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(paras, i);
+        if (!PyUnicode_Check(s)) {
+            PyErr_Format(PyExc_TypeError, "%s: paragraphs must be str", who);
+            return -1;
+        }
+        Py_INCREF(s);
+        P[i].obj = s;
+        P[i].data = PyUnicode_DATA(s);
+        P[i].kind = PyUnicode_KIND(s);
+        P[i].len = PyUnicode_GET_LENGTH(s);
+    }
+    return 0;
+}
+
 #define READ(P, i) PyUnicode_READ((P)->kind, (P)->data, (i))
 
 static inline int is_space(const Encoder *E, Py_UCS4 c) { return (E->space[c >> 3] >> (c & 7)) & 1; }
@@ -531,18 +550,7 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args) {
         PyErr_NoMemory();
         goto out;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *s = PyList_GET_ITEM(paras, i);
-        if (!PyUnicode_Check(s)) {
-            PyErr_SetString(PyExc_TypeError, "encode: paragraphs must be str");
-            goto out;
-        }
-        Py_INCREF(s); /* held while the GIL is released */
-        P[i].obj = s;
-        P[i].data = PyUnicode_DATA(s);
-        P[i].kind = PyUnicode_KIND(s);
-        P[i].len = PyUnicode_GET_LENGTH(s);
-    }
+    if (hold_paras(paras, P, n, "encode") < 0) goto out;
     const uint8_t *flags = opens.buf;
     int pending = 0, rc = 0;
     W.ts = PyEval_SaveThread();
@@ -653,18 +661,7 @@ static PyObject *native_words(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto out;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *s = PyList_GET_ITEM(paras, i);
-        if (!PyUnicode_Check(s)) {
-            PyErr_SetString(PyExc_TypeError, "words: paragraphs must be str");
-            goto out;
-        }
-        Py_INCREF(s); /* held while the GIL is released */
-        P[i].obj = s;
-        P[i].data = PyUnicode_DATA(s);
-        P[i].kind = PyUnicode_KIND(s);
-        P[i].len = PyUnicode_GET_LENGTH(s);
-    }
+    if (hold_paras(paras, P, n, "words") < 0) goto out;
     Py_BEGIN_ALLOW_THREADS
     size_t line_start = 0;
     for (Py_ssize_t i = 0; i < n && rc >= 0; i++) {
