@@ -17,6 +17,7 @@ import torch
 from bertprep.shards.errors import ConfigError
 from bertprep.shards.reader import open_shards
 from bertprep.trainer.evaluation import evaluate, vocab_for
+from bertprep.trainer import remask as remask_module
 from bertprep.trainer.prefetch import Prefetcher
 from bertprep.trainer.remask import MaskingConfig, Remasker, Vocab, original_ids, remask, row_keys, vocab_from
 from bertprep.trainer.run import parse_config, train
@@ -169,6 +170,41 @@ def test_whole_words_are_all_or_nothing():
     k = np.minimum(np.minimum(16, np.maximum(1, np.rint(length.astype(np.int64) * 0.25))), n)
     assert (out["num_masked"] <= k).all() and (out["num_masked"] >= k - 3).all()  # greedy fills up
     assert abs(out["num_masked"].sum() / k.sum() - 1) < 0.02
+
+
+def _scattered_vocab(V: int) -> Vocab:
+    """Specials at 0..4 and at every 97th id: no prefix, so candidates and random ids go through the tables."""
+    words = [f"{'##' if i % 3 == 0 else ''}w{i}" for i in range(V)]
+    for i in list(range(5)) + list(range(500, V, 97)):
+        words[i] = f"[S{i}]"
+    return vocab_from({"vocab_size": V, "special_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}}, words)
+
+
+@pytest.mark.skipif(remask_module._remask is None, reason="the C kernel is not built (pip install -e .)")
+@pytest.mark.parametrize("T,V,p,kw", [
+    (128, 30522, 0.3, {}), (128, 30522, 0.15, {"mask_replace": "mask-only"}), (128, 30522, 0.5, {"whole_word": True}),
+    (64, 2000, 0.25, {"whole_word": True}), (512, 70000, 0.2, {}), (2048, 30522, 0.2, {"whole_word": True}),
+    (128, 70000, 0.3, {"whole_word": True}), (33, 5, 0.3, {}),
+])
+def test_the_c_kernel_is_the_numpy_definition(T, V, p, kw):
+    """Every column equal, array for array, to remask.py's numpy definition: uint16 and uint32 ids,
+    rows of 33 to 2048 tokens (the 32- and 64-bit key paths), a vocab of specials only (k = 0),
+    80/10/10, mask-only and whole words, specials as a prefix and scattered (the table paths)."""
+    rng = np.random.default_rng(T + V)
+    rows = synthetic_columns(rng, 600, synthetic_meta(max_len=T, vocab_size=max(V, 2000), nsp=False))
+    meta = synthetic_meta(max_len=T, vocab_size=max(V, 2000), nsp=False) | {"vocab_size": V}
+    if V < 1000:  # nothing but specials to choose from
+        rows["input_ids"] = rng.integers(0, V, rows["input_ids"].shape).astype(rows["input_ids"].dtype)
+        rows["num_masked"][:] = 0
+    for vocab in (vocab_from(meta, [f"{'##' if i % 3 == 0 else ''}w{i}" if i >= 5 else f"[S{i}]" for i in range(V)]),
+                  _scattered_vocab(V) if V > 600 else None):
+        if vocab is None:
+            continue
+        keys = row_keys(3, 1, 2, rng.integers(0, 10**6, 600))
+        cfg = MaskingConfig(mask_prob=p, **kw)
+        fast, slow = remask(rows, keys, cfg, vocab), remask(rows, keys, cfg, vocab, native=False)
+        for k in slow:
+            assert fast[k].dtype == slow[k].dtype and (fast[k] == slow[k]).all(), k
 
 
 def test_flags_and_their_refusals(tmp_path):
