@@ -126,6 +126,11 @@ class ArrowShard:
     def slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return self.take(np.arange(start, stop, dtype=np.int64))
 
+    def parts(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """Column `name` as it lies in the file: one memory-mapped array per record batch, and the
+        first row of each (then the row count) (shards/gather.py)."""
+        return self._views[name], self._starts
+
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Rows (any order) as freshly allocated arrays; one gather per record batch touched."""
         rows = np.asarray(rows, dtype=np.int64)

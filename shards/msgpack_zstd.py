@@ -145,5 +145,9 @@ class MsgpackShard:
     def slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {c: a[start:stop].copy() for c, a in self._arrays.items()}
 
+    def parts(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """Column `name` as one decoded array, and its rows' bounds [0, n] (shards/gather.py)."""
+        return [self._arrays[name]], np.array([0, self.num_examples], dtype=np.int64)
+
     def close(self) -> None:
         self._arrays = {}

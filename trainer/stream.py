@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 from bertprep.shards.errors import ConfigError
+from bertprep.shards.gather import RowGather
 from bertprep.shards.options import check, option
 from bertprep.trainer.mixture import Interleave, Source, integer_weights, parse_mix
 
@@ -222,6 +223,7 @@ class ShardStream:
 
     def __init__(self, shards: list, cfg: StreamConfig, sources: list[Source] | None = None):
         self.shards, self.cfg = shards, cfg
+        self._rows: RowGather | None = None  # built at the first read: plans alone need only sizes
         self.sources = sources or [Source("train", len(shards))]
         if sum(s.files for s in self.sources) != len(shards):
             raise ValueError("the sources' file counts must add up to the shard files")
@@ -293,33 +295,27 @@ class ShardStream:
         _, files, rows = self.examples(indices)
         return (files if self.cfg.order == "global" and self.cfg.shuffle else files[:, 0]), rows
 
-    def batches(self, start: int, count: int, remask=None) -> list[tuple]:
-        """Batches start..start+count-1 as (file, rows, columns) (file: an int, or (B,) per example
-        under --shuffle global), reading each file once for all of them (per-call costs are paid per
-        file, not per batch). `remask(cols, epoch, file, rows)` (trainer/remask.py, --mask-prob) gives
-        every row fresh masks on the way, keyed by its own (epoch, file, row)."""
+    def read(self, start: int, count: int, remask=None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Batches start..start+count-1 in one piece: (file per batch (count,), or per example
+        (count, B) under --shuffle global; rows (count, B); columns of count x B rows, batch after
+        batch), reading each file once for all of them (per-call costs are paid per file, not per
+        batch). `remask(cols, epoch, file, rows)` (trainer/remask.py, --mask-prob) gives every row
+        fresh masks on the way, keyed by its own (epoch, file, row)."""
         epoch, files, rows = self.examples(np.arange(start, start + count))
-        B = self.cfg.batch_size
-        cols = self._read(files.ravel(), rows.ravel())
+        if self._rows is None:
+            self._rows = RowGather(self.shards)
+        cols = self._rows.take(files.ravel(), rows.ravel())
         if remask is not None:
-            cols = remask(cols, np.repeat(epoch, B), files.ravel(), rows.ravel())
+            cols = remask(cols, np.repeat(epoch, self.cfg.batch_size), files.ravel(), rows.ravel())
         one_file = not (self.cfg.order == "global" and self.cfg.shuffle)
-        return [(int(files[b, 0]) if one_file else files[b], rows[b], {k: v[b * B:(b + 1) * B] for k, v in cols.items()})
-                for b in range(count)]
+        return (files[:, 0] if one_file else files), rows, cols
 
-    def _read(self, files: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The columns of rows (file, row) in the order given, one `take` per file, of its rows in
-        ascending order (neighbouring pages of the map, whichever batches they belong to)."""
-        order = np.lexsort((rows, files))
-        bounds = np.flatnonzero(np.diff(files[order])) + 1
-        out: dict[str, np.ndarray] = {}
-        for sel in np.split(order, bounds):
-            got = self.shards[int(files[sel[0]])].take(rows[sel])
-            for k, v in got.items():
-                if k not in out:
-                    out[k] = np.empty((files.size,) + v.shape[1:], dtype=v.dtype)
-                out[k][sel] = v
-        return out
+    def batches(self, start: int, count: int, remask=None) -> list[tuple]:
+        """`read` as a list of (file, rows, columns) per batch."""
+        files, rows, cols = self.read(start, count, remask)
+        B = self.cfg.batch_size
+        return [(int(files[b]) if files.ndim == 1 else files[b], rows[b],
+                 {k: v[b * B:(b + 1) * B] for k, v in cols.items()}) for b in range(count)]
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
         return self.batches(index, 1)[0][2]
