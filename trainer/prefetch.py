@@ -1,16 +1,24 @@
 """The host-to-device pipeline: a thread fills a ring of (pinned) host buffers from the shard
-stream; the loop takes batches from it already on its device, widened to int64.
+stream, a chunk of batches at a time; the loop takes batches from it already on its device,
+widened to int64.
 
-    stream.batches() --thread--> host slot k (allocated once; pinned on CUDA)
-        --side stream, non_blocking--> device tensors, event recorded on the side stream
+    stream.read() --thread--> host slot k: a chunk of batches (allocated once; pinned on CUDA)
+        --side stream, non_blocking, one batch--> device tensors, event recorded on the side stream
         --compute stream waits on the event--> .long() on the compute stream --> the step
 
-On CUDA the copy of batch i+1 is issued when batch i is handed out, so it overlaps step i; a host
-slot goes back to the thread only with the event of its copy, and the thread waits on that event
-before overwriting it. On CPU the same code runs with the copy being the widening itself (a new
-tensor), after which the slot is free at once, so `make test` exercises the whole path.
+The thread reads a chunk of up to 8,192 rows at once (per-call costs are paid per chunk), re-masks
+it (C, GIL released), and casts it into as many slots as it fills, one numpy call per column per
+slot. A slot holds several batches (up to SLOT_BYTES), so the thread and the loop meet once per
+slot, not once per batch: a hand-off between Python threads costs tens of microseconds under the
+GIL, which at 32 rows a batch was most of the loader's time.
 
-Each ring slot is one flat int32 buffer holding every column of a batch back to back (ids are
+On CUDA the copy of batch i+1 is issued when batch i is handed out, so it overlaps step i; a host
+slot goes back to the thread only with the event of the copy of its last batch (copies run in
+order on the side stream), and the thread waits on that event before overwriting it. On CPU the
+copy is the widening itself (a new tensor), so a slot goes back to the thread once its last batch
+is handed out; `make test` exercises the rest of the path.
+
+Within a slot each batch is one flat int32 run holding every column back to back (ids are
 uint16/uint32 in the shards; torch's uint16 support is partial, and int32 is half of int64), so a
 batch crosses to the device as one copy and is widened to int64 by one kernel, and the columns are
 contiguous views of that.
@@ -30,6 +38,7 @@ from bertprep.trainer.remask import Remasker
 from bertprep.trainer.stream import ShardStream
 
 RING_DTYPE = torch.int32
+SLOT_BYTES = 2 << 20  # a slot's most: 1,024 rows of 128 tokens with every column (~2 MB)
 _POLL_S = 0.1
 
 
@@ -46,20 +55,23 @@ class Prefetcher:
         self.consumed = start            # index of the batch next() returns next
         self.wait_s = 0.0                # time next() spent blocked on the loader (reset by the caller)
         self._on_batch = on_batch        # (index, file, rows) of each batch handed out: for --trace-data
-        self._chunk = max(1, min(256, chunk_rows // stream.cfg.batch_size))  # batches read per call
-        self._layout = self._plan_layout(stream, remask)            # column -> (offset, shape) in a slot
+        self._layout = self._plan_layout(stream, remask)            # column -> (offset, shape) in a batch
         self._sizes = [int(np.prod(shape)) for _, shape in self._layout.values()]
-        size = sum(self._sizes)
-        self._slots = [torch.empty(size, dtype=RING_DTYPE, pin_memory=self.cuda) for _ in range(max(2, ring))]
-        self._views = [{k: slot.numpy()[o:o + n].reshape(shape) for (k, (o, shape)), n in  # the thread fills these
-                        zip(self._layout.items(), self._sizes)} for slot in self._slots]
+        self._per = sum(self._sizes)                                # int32 values per batch
+        self._strided = {k: (o, shape, torch.empty(shape).stride()) for k, (o, shape) in self._layout.items()}
+        self._chunk = max(1, min(256, SLOT_BYTES // (4 * self._per)))                # batches per slot
+        self._read = self._chunk * max(1, chunk_rows // (stream.cfg.batch_size * self._chunk))  # per read
+        self._slots = [torch.empty(self._chunk * self._per, dtype=RING_DTYPE, pin_memory=self.cuda)
+                       for _ in range(max(2, ring))]
         self._free: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         for i in range(len(self._slots)):
             self._free.put((i, None))
         self._ready: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         self._stop = threading.Event()
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._pending = None             # (index, file, rows, device tensors, event) issued ahead (CUDA)
+        self._chunk_now = None           # (first index, files, rows, slot) being handed out
+        self._next_b = 0                 # its next batch
+        self._pending = None             # (index, file, rows, device tensor, event) issued ahead (CUDA)
         self._thread = threading.Thread(target=self._fill, args=(start,), name="bertprep-prefetch", daemon=True)
         self._thread.start()
 
@@ -75,22 +87,27 @@ class Prefetcher:
             offset += int(np.prod(shape))
         return layout
 
-    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The columns of a flat slot-shaped tensor, as views."""
-        return {k: part.view(shape) for (k, (_, shape)), part in zip(self._layout.items(), flat.split(self._sizes))}
+    def _split(self, flat: torch.Tensor, base: int = 0) -> dict[str, torch.Tensor]:
+        """The columns of the batch at `base` of a flat tensor, as views (one as_strided each: torch's
+        per-call cost, a few microseconds, is what a batch costs the loop here)."""
+        return {k: flat.as_strided(shape, stride, base + o) for k, (o, shape, stride) in self._strided.items()}
 
     # --- producer thread ------------------------------------------------------------------------
     def _fill(self, index: int) -> None:
         try:
+            S, B = self._chunk, self.stream.cfg.batch_size
             while not self._stop.is_set():
-                for f, rows, cols in self.stream.batches(index, self._chunk, self._remask):
+                files, rows, cols = self.stream.read(index, self._read, self._remask)
+                for s0 in range(0, self._read, S):
                     slot = self._take_free_slot()
                     if slot is None:
                         return
-                    for k, dst in self._views[slot].items():
-                        dst[...] = cols[k]  # casts to int32 in place
-                    self._ready.put((index, f, rows, slot))
-                    index += 1
+                    # (batches, values per batch): column k of batch b at [b, offset_k:offset_k + size_k]
+                    dst = self._slots[slot].numpy().reshape(S, self._per)
+                    for (k, (o, _)), n in zip(self._layout.items(), self._sizes):
+                        dst[:, o:o + n] = cols[k][s0 * B:(s0 + S) * B].reshape(S, n)  # casts to int32 in place
+                    self._ready.put((index + s0, files[s0:s0 + S], rows[s0:s0 + S], slot))
+                index += self._read
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._ready.put(e)
 
@@ -101,33 +118,44 @@ class Prefetcher:
             except stdqueue.Empty:
                 continue
             if copied is not None:
-                copied.synchronize()  # the slot's previous copy to the device must have finished
+                copied.synchronize()  # the slot's last copy to the device must have finished
             return slot
         return None
 
     # --- consumer -------------------------------------------------------------------------------
-    def _next_ready(self, block: bool):
-        t0 = time.perf_counter()
-        try:
-            item = self._ready.get(block=block, timeout=None)
-        except stdqueue.Empty:
-            return None
-        self.wait_s += time.perf_counter() - t0
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def _next_host(self, block: bool):
+        """(index, file, rows, slot, batch b of it, slot if b is its last else None) of the next
+        batch, or None when not `block` and the thread has not filled the next slot yet."""
+        if self._chunk_now is None:
+            t0 = time.perf_counter()
+            try:
+                item = self._ready.get(block=block, timeout=None)
+            except stdqueue.Empty:
+                return None
+            self.wait_s += time.perf_counter() - t0
+            if isinstance(item, BaseException):
+                raise item
+            self._chunk_now, self._next_b = item, 0
+        first, files, rows, slot = self._chunk_now
+        b = self._next_b
+        self._next_b += 1
+        last = self._next_b == self._chunk
+        if last:
+            self._chunk_now = None
+        return first + b, files[b], rows[b], slot, b, slot if last else None
 
     def _issue(self, block: bool):
-        """Start the device copy of the next filled slot (CUDA): returns what next() hands out later."""
-        item = self._next_ready(block)
+        """Start the device copy of the next batch (CUDA): returns what next() hands out later."""
+        item = self._next_host(block)
         if item is None:
             return None
-        index, f, rows, slot = item
+        index, f, rows, slot, b, freed = item
         with torch.cuda.stream(self._copy_stream):
-            dev = self._slots[slot].to(self.device, non_blocking=True)
+            dev = self._slots[slot][b * self._per:(b + 1) * self._per].to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._copy_stream)
-        self._free.put((slot, done))
+        if freed is not None:  # the slot's last batch: it returns with this copy's event
+            self._free.put((freed, done))
         return index, f, rows, dev, done
 
     def next(self) -> dict[str, torch.Tensor]:
@@ -138,14 +166,16 @@ class Prefetcher:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(done)
             dev.record_stream(compute)  # allocated on the side stream, used on this one
-            wide = dev.long()
+            batch = self._split(dev.long())
         else:
-            index, f, rows, slot = self._next_ready(block=True)
-            wide = self._slots[slot].long()  # the copy: a new tensor, so the slot is free at once
-            self._free.put((slot, None))
-        batch = self._split(wide)
+            index, f, rows, slot, b, freed = self._next_host(block=True)
+            # The widening is the copy (a new tensor), so the slot is free once its last batch is
+            # out. Per batch, not per slot: a slot-sized tensor would be a fresh mmap (page faults).
+            batch = self._split(self._slots[slot][b * self._per:(b + 1) * self._per].long())
+            if freed is not None:
+                self._free.put((freed, None))
         if self._on_batch is not None:
-            self._on_batch(index, f, rows)
+            self._on_batch(index, int(f) if np.ndim(f) == 0 else f, rows)
         self.consumed = index + 1
         return batch
 
