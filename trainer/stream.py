@@ -97,11 +97,12 @@ class DataConfig:
     verify_shards: bool = option(True, help=(
         "before training, check every shard's sha256 against its manifest and every example's value ranges "
         "(--no-verify-shards: skip, for data already verified)"))
-    prefetch: int = option(4, at_least=1, at_most=256, help="pinned host buffers in the loader's ring")
+    prefetch: int = option(4, at_least=1, at_most=256, help=(
+        "host buffers in the loader's ring (pinned on CUDA), each up to 2 MB of whole batches"))
     trace_data: bool = option(False, help="debugging: write the rows each rank reads to <out>/trace/")
 
     def __post_init__(self):
-        check(self)  # --prefetch: each buffer is a pinned batch; 256 of them is far past any gain
+        check(self)  # --prefetch: each buffer is up to 2 MB pinned; 256 of them is far past any gain
         if self.shards and self.mix:
             raise ConfigError("give --shards (one set of files) or --mix (weighted sources), not both")
         if not self.shards and not self.mix:
