@@ -4,11 +4,13 @@
  * It computes exactly what the numpy definition in trainer/remask.py computes (tests/test_remask.py
  * compares the two on every mode): the same hashes, the same k, the same chosen tokens, the same
  * 80/10/10 draws. Only the algorithms differ, where numpy has no cheaper whole-array form:
- *   - a row's keys are sorted by a counting sort on their top bits and an insertion sort (the
- *     keys are hashes, uniform in their top bits), and the k smallest marked, then read back
- *     ascending (numpy sorts every row's keys, then the chosen positions, with SIMD);
- *   - whole words are taken in key order straight from the sorted keys, stopping when the budget
- *     is spent (numpy runs the greedy in vectorized passes).
+ *   - a row's k smallest keys are those up to a cut found by counting keys per bucket of their
+ *     top bits (the keys are hashes, uniform there) and sorting only the bucket where the count
+ *     reaches k; one ascending scan then reads them back (numpy sorts every row's keys, then the
+ *     chosen positions, with SIMD);
+ *   - whole words need their full key order (the greedy passes over words that do not fit): a
+ *     counting sort on the top bits and an insertion sort, then the greedy straight from it,
+ *     stopping when the budget is spent (numpy runs it in vectorized passes).
  *
  * remask(ids, positions, masked, num, length, keys, special, cont, pool,
  *        ids_out, positions_out, masked_out, num_out,
@@ -143,17 +145,36 @@ static void remask_row(const Job *J, Scratch *S, Py_ssize_t r) {
     const uint64_t posmask = (1ull << J->bits) - 1;
     const int top = J->bits <= 10 ? 32 : 32 + J->bits;  /* the keys' width */
     if (k > 0 && !J->whole_word) {
-        Py_ssize_t m = 0;
+        /* The k-th smallest key without sorting: count keys per bucket of their top bits (about one
+         * per bucket), find the bucket where the count reaches k, sort only that bucket's few keys;
+         * the chosen are the keys up to that cut. Non-candidates get the largest key. */
+        int nb = 4;
+        while (nb < 12 && ((Py_ssize_t)1 << (nb + 1)) <= n) nb++;
+        const int shift = top - nb;
+        const uint64_t buckets = (uint64_t)1 << nb;
+        memset(S->hist, 0, (size_t)(buckets + 1) * sizeof *S->hist);
         for (Py_ssize_t t = 0; t < L; t++) {
-            S->chosen[t] = 0;
-            S->key[m] = sort_key(lo, (uint32_t)t, J->bits);
-            m += S->cand[t];
+            uint64_t key = S->cand[t] ? sort_key(lo, (uint32_t)t, J->bits) : UINT64_MAX, b = key >> shift;
+            S->key[t] = key;
+            S->hist[b < buckets ? b : buckets]++;
         }
-        sort_keys(S->key, m, S->tmp, S->hist, top);
-        for (Py_ssize_t j = 0; j < k; j++) S->chosen[S->key[j] & posmask] = 1;  /* the k smallest keys */
+        Py_ssize_t below = 0, bk = 0;
+        while (below + S->hist[bk] < k) below += S->hist[bk++];
+        Py_ssize_t c = 0;
+        for (Py_ssize_t t = 0; t < L; t++) {
+            S->tmp[c] = S->key[t];
+            c += (S->key[t] >> shift) == (uint64_t)bk;
+        }
+        for (Py_ssize_t i = 1; i < c; i++) {  /* a few keys */
+            uint64_t x = S->tmp[i];
+            Py_ssize_t j = i;
+            for (; j > 0 && S->tmp[j - 1] > x; j--) S->tmp[j] = S->tmp[j - 1];
+            S->tmp[j] = x;
+        }
+        const uint64_t cut = S->tmp[k - below - 1];
         for (Py_ssize_t t = 0; t < L; t++) {
             S->pos[got] = S->unit[got] = (uint32_t)t;
-            got += S->chosen[t];
+            got += S->key[t] <= cut;
         }
     } else if (k > 0) {
         /* a word: a candidate that does not continue the one before it, and the candidates that do */
