@@ -21,7 +21,7 @@ GPU_CHECK_ARGS ?=
 install: $(VENV)/.installed
 
 # Re-installs only when the package metadata or a C extension changes, so a second `make install` does nothing.
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c shards/_gather.c trainer/_remask.c
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml preprocess/_native.c shards/_gather.c trainer/_loader.c
 	@if [ "$(SYSTEM_TORCH)" = yes ] || { [ "$(SYSTEM_TORCH)" = auto ] && $(PYTHON) -c '$(HAS_CUDA_TORCH)' 2>/dev/null; }; then \
 	  echo "keeping $(PYTHON)'s torch: $$($(PYTHON) -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"; \
 	  echo "$(PYTHON) -m venv --system-site-packages $(VENV)"; \

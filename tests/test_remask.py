@@ -180,7 +180,7 @@ def _scattered_vocab(V: int) -> Vocab:
     return vocab_from({"vocab_size": V, "special_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}}, words)
 
 
-@pytest.mark.skipif(remask_module._remask is None, reason="the C kernel is not built (pip install -e .)")
+@pytest.mark.skipif(remask_module._loader is None, reason="the C kernel is not built (pip install -e .)")
 @pytest.mark.parametrize("T,V,p,kw", [
     (128, 30522, 0.3, {}), (128, 30522, 0.15, {"mask_replace": "mask-only"}), (128, 30522, 0.5, {"whole_word": True}),
     (64, 2000, 0.25, {"whole_word": True}), (512, 70000, 0.2, {}), (2048, 30522, 0.2, {"whole_word": True}),

@@ -36,6 +36,11 @@ from bertprep.shards.gather import RowGather
 from bertprep.shards.options import check, option
 from bertprep.trainer.mixture import Interleave, Source, integer_weights, parse_mix
 
+try:
+    from bertprep.trainer import _loader
+except ImportError:  # not built: `pip install -e .` compiles it; numpy evaluates the same rounds
+    _loader = None
+
 STATE_VERSION = 2  # 2: a global plan (position in global batches), sources, --shuffle
 _ROUNDS = 4
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -64,8 +69,13 @@ class FeistelPermutation:
             left, right = right, left ^ (_mix(right ^ k) & self.mask)
         return (left << self.half) | right
 
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        y = self._once(np.asarray(positions, dtype=np.uint64))
+    def __call__(self, positions: np.ndarray, native: bool = True) -> np.ndarray:
+        x = np.ascontiguousarray(positions, dtype=np.uint64)
+        if native and _loader is not None:  # numpy pays its per-call cost on every walking step
+            out = np.empty(x.shape, dtype=np.int64)
+            _loader.permute(x, self.keys, int(self.half), int(self.mask), self.n, out)
+            return out
+        y = self._once(x)
         bad = np.flatnonzero(y >= self.n)
         while bad.size:  # cycle walking: the domain is a power of two >= n, so walk back into range
             y[bad] = self._once(y[bad])

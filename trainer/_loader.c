@@ -1,5 +1,12 @@
-/* bertprep.trainer._remask: `--mask-prob` re-masking of a chunk of shard rows, in C with the GIL
- * released, so the loader's reading thread masks while the training thread runs.
+/* bertprep.trainer._loader: the loader's two per-row loops in C with the GIL released, so the
+ * reading thread works while the training thread runs: the shuffle's keyed permutation
+ * (trainer/stream.py's FeistelPermutation) and `--mask-prob` re-masking (trainer/remask.py).
+ *
+ * permute(positions, keys, half, mask, n, out): out[i] = the permutation of positions[i]; uint64
+ *   in, int64 out, the same rounds and cycle walking as FeistelPermutation (tests/test_stream.py
+ *   compares them).
+ *
+ * Re-masking:
  *
  * It computes exactly what the numpy definition in trainer/remask.py computes (tests/test_remask.py
  * compares the two on every mode): the same hashes, the same k, the same chosen tokens, the same
@@ -300,13 +307,63 @@ out:
     return result;
 }
 
-static PyMethodDef remask_functions[] = {
+/* ---------------------------------------------------------------- the shuffle's permutation */
+
+#define FEISTEL_ROUNDS 4
+
+static inline uint64_t splitmix_final(uint64_t x) {
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static inline uint64_t feistel_once(uint64_t x, const uint64_t *keys, int half, uint64_t mask) {
+    uint64_t left = x >> half, right = x & mask;
+    for (int r = 0; r < FEISTEL_ROUNDS; r++) {
+        uint64_t next = left ^ (splitmix_final(right ^ keys[r]) & mask);
+        left = right;
+        right = next;
+    }
+    return (left << half) | right;
+}
+
+static PyObject *permute(PyObject *self, PyObject *args) {
+    Py_buffer pos, keys, out;
+    int half;
+    unsigned long long mask, n;
+    if (!PyArg_ParseTuple(args, "y*y*iKKw*", &pos, &keys, &half, &mask, &n, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t N = pos.len / 8;
+    if (keys.len != FEISTEL_ROUNDS * 8 || out.len != pos.len || half < 1 || half > 32 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "permute: bad arguments");
+        goto out;
+    }
+    const uint64_t *x = pos.buf, *k = keys.buf;
+    int64_t *y = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < N; i++) {
+        uint64_t v = feistel_once(x[i], k, half, mask);
+        while (v >= n) v = feistel_once(v, k, half, mask);  /* cycle walking back into range(n) */
+        y[i] = (int64_t)v;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef loader_functions[] = {
     {"remask", remask_chunk, METH_VARARGS, "remask(...) -> None: re-mask N shard rows into the output buffers"},
+    {"permute", permute, METH_VARARGS, "permute(positions, keys, half, mask, n, out) -> None: a Feistel permutation"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef remask_module = {
-    PyModuleDef_HEAD_INIT, "_remask", "C re-masking for --mask-prob (see trainer/remask.py).", -1, remask_functions,
+static struct PyModuleDef loader_module = {
+    PyModuleDef_HEAD_INIT, "_loader", "The loader's per-row loops in C (see trainer/stream.py, trainer/remask.py).",
+    -1, loader_functions,
 };
 
-PyMODINIT_FUNC PyInit__remask(void) { return PyModule_Create(&remask_module); }
+PyMODINIT_FUNC PyInit__loader(void) { return PyModule_Create(&loader_module); }
