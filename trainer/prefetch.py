@@ -15,8 +15,8 @@ GIL, which at 32 rows a batch was most of the loader's time.
 On CUDA the copy of batch i+1 is issued when batch i is handed out, so it overlaps step i; a host
 slot goes back to the thread only with the event of the copy of its last batch (copies run in
 order on the side stream), and the thread waits on that event before overwriting it. On CPU the
-copy is the widening itself (a new tensor), so a slot goes back to the thread once its last batch
-is handed out; `make test` exercises the rest of the path.
+copy is the widening itself (a new array per batch), so a slot goes back to the thread once its
+last batch is handed out; `make test` exercises the rest of the path.
 
 Within a slot each batch is one flat int32 run holding every column back to back (ids are
 uint16/uint32 in the shards; torch's uint16 support is partial, and int32 is half of int64), so a
@@ -63,6 +63,7 @@ class Prefetcher:
         self._read = self._chunk * max(1, chunk_rows // (stream.cfg.batch_size * self._chunk))  # per read
         self._slots = [torch.empty(self._chunk * self._per, dtype=RING_DTYPE, pin_memory=self.cuda)
                        for _ in range(max(2, ring))]
+        self._host = [slot.numpy().reshape(self._chunk, self._per) for slot in self._slots]  # (batches, values)
         self._free: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         for i in range(len(self._slots)):
             self._free.put((i, None))
@@ -87,10 +88,10 @@ class Prefetcher:
             offset += int(np.prod(shape))
         return layout
 
-    def _split(self, flat: torch.Tensor, base: int = 0) -> dict[str, torch.Tensor]:
-        """The columns of the batch at `base` of a flat tensor, as views (one as_strided each: torch's
-        per-call cost, a few microseconds, is what a batch costs the loop here)."""
-        return {k: flat.as_strided(shape, stride, base + o) for k, (o, shape, stride) in self._strided.items()}
+    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The columns of a flat batch-shaped tensor, as views (one as_strided each: torch's per-call
+        cost, a few microseconds, is what a batch costs the loop here)."""
+        return {k: flat.as_strided(shape, stride, o) for k, (o, shape, stride) in self._strided.items()}
 
     # --- producer thread ------------------------------------------------------------------------
     def _fill(self, index: int) -> None:
@@ -103,7 +104,7 @@ class Prefetcher:
                     if slot is None:
                         return
                     # (batches, values per batch): column k of batch b at [b, offset_k:offset_k + size_k]
-                    dst = self._slots[slot].numpy().reshape(S, self._per)
+                    dst = self._host[slot]
                     for (k, (o, _)), n in zip(self._layout.items(), self._sizes):
                         dst[:, o:o + n] = cols[k][s0 * B:(s0 + S) * B].reshape(S, n)  # casts to int32 in place
                     self._ready.put((index + s0, files[s0:s0 + S], rows[s0:s0 + S], slot))
@@ -169,9 +170,12 @@ class Prefetcher:
             batch = self._split(dev.long())
         else:
             index, f, rows, slot, b, freed = self._next_host(block=True)
-            # The widening is the copy (a new tensor), so the slot is free once its last batch is
-            # out. Per batch, not per slot: a slot-sized tensor would be a fresh mmap (page faults).
-            batch = self._split(self._slots[slot][b * self._per:(b + 1) * self._per].long())
+            # The widening is the copy (a new array), so the slot is free once its last batch is
+            # out. Per batch, not per slot: a slot-sized array would be a fresh mmap (page faults).
+            # numpy's cast, views and from_numpy cost half of torch's long(), as_strided.
+            wide = self._host[slot][b].astype(np.int64)
+            batch = {k: torch.from_numpy(wide[o:o + n].reshape(shape))
+                     for (k, (o, shape)), n in zip(self._layout.items(), self._sizes)}
             if freed is not None:
                 self._free.put((freed, None))
         if self._on_batch is not None:
