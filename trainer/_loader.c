@@ -6,9 +6,7 @@
  *   in, int64 out, the same rounds and cycle walking as FeistelPermutation (tests/test_stream.py
  *   compares them).
  *
- * Re-masking:
- *
- * It computes exactly what the numpy definition in trainer/remask.py computes (tests/test_remask.py
+ * Re-masking computes exactly what the numpy definition in trainer/remask.py computes (tests/test_remask.py
  * compares the two on every mode): the same hashes, the same k, the same chosen tokens, the same
  * 80/10/10 draws. Only the algorithms differ, where numpy has no cheaper whole-array form:
  *   - a row's k smallest keys are those up to a cut found by counting keys per bucket of their
@@ -21,11 +19,12 @@
  *
  * remask(ids, positions, masked, num, length, keys, special, cont, pool,
  *        ids_out, positions_out, masked_out, num_out,
- *        T, P_in, P, id_bytes, below, mask_id, vocab_size, mask_prob, replace, whole_word)
+ *        T, P_in, P, id_bytes, below, mask_id, vocab_size, bits, mask_prob, replace, whole_word)
  *   N rows of T tokens; ids/masked/ids_out/masked_out hold uint16 or uint32 ids (id_bytes);
  *   positions/num/length/positions_out/num_out uint16; keys uint64 (one per row, row_keys());
  *   special: uint8 per vocab id (used when below < 0); cont: uint8 per vocab id, `##` pieces
- *   (whole_word only); pool: uint32 ids a random replacement is drawn from (used when below < 0).
+ *   (whole_word only); pool: uint32 ids a random replacement is drawn from (used when below < 0);
+ *   bits: the position bits of a sort key, max(1, bit length of T - 1).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
