@@ -568,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
             a.json.write_text(json.dumps(out, indent=1) + "\n")
         if a.plot:
             save_plot({n: r["curve"] for n, r in results.items()}, a.plot,
-                      f"{a.corpus.name}: 2x128 BERT, batch 32x128, {a.threads} threads, vocab {a.vocab_size:,}")
+                      f"{a.corpus.name}: 2x128 BERT / 3x128 modern, batch 32x{a.max_len}, "
+                      f"{a.threads} thread{'s' if a.threads != 1 else ''}, vocab {a.vocab_size:,}")
     return 0
 
 
