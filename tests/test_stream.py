@@ -157,6 +157,20 @@ def test_prefetcher_hands_out_the_streams_batches_widened(shard_files):
                 assert np.array_equal(v.numpy(), ref[k].astype(np.int64))
 
 
+def test_batches_held_by_the_loop_are_never_overwritten(shard_files):
+    """The CPU loop's batches are views of reused buffers: one still held must keep its values
+    however many batches come after it (here all of them are held, then checked)."""
+    shards = open_shards(shard_files)
+    s = ShardStream(shards, StreamConfig(batch_size=8, seed=5))
+    with Prefetcher(s, torch.device("cpu"), ring=2) as feed:
+        held = [feed.next() for _ in range(60)]
+        for i in range(60):  # and one dropped at once leaves its buffer to the next
+            feed.next()
+    for i, b in enumerate(held):
+        ref = s.batch(i)
+        assert all(np.array_equal(v.numpy(), ref[k].astype(np.int64)) for k, v in b.items()), i
+
+
 def test_loader_state_refuses_another_plan(shard_files):
     shards = open_shards(shard_files)
     state = ShardStream(shards, StreamConfig(batch_size=8, seed=5)).state_dict(10)

@@ -27,6 +27,7 @@ contiguous views of that.
 from __future__ import annotations
 
 import queue as stdqueue
+import sys
 import threading
 import time
 from typing import Callable
@@ -63,6 +64,7 @@ class Prefetcher:
         self._read = self._chunk * max(1, chunk_rows // (stream.cfg.batch_size * self._chunk))  # per read
         self._slots = [torch.empty(self._chunk * self._per, dtype=RING_DTYPE, pin_memory=self.cuda)
                        for _ in range(max(2, ring))]
+        self._buffers: list[np.ndarray] = []     # CPU: int64 batch buffers for reuse (_widening_buffer)
         self._host = [slot.numpy().reshape(self._chunk, self._per) for slot in self._slots]  # (batches, values)
         self._free: stdqueue.SimpleQueue = stdqueue.SimpleQueue()
         for i in range(len(self._slots)):
@@ -170,10 +172,11 @@ class Prefetcher:
             batch = self._split(dev.long())
         else:
             index, f, rows, slot, b, freed = self._next_host(block=True)
-            # The widening is the copy (a new array), so the slot is free once its last batch is
-            # out. Per batch, not per slot: a slot-sized array would be a fresh mmap (page faults).
-            # numpy's cast, views and from_numpy cost half of torch's long(), as_strided.
-            wide = self._host[slot][b].astype(np.int64)
+            # The widening is the copy, so the slot is free once its last batch is out; into a
+            # buffer no batch handed out still views (a fresh one would cost its page faults, most
+            # of the copy's time). numpy's views and from_numpy cost half of torch's as_strided.
+            wide = self._widening_buffer()
+            np.copyto(wide, self._host[slot][b], casting="unsafe")
             batch = {k: torch.from_numpy(wide[o:o + n].reshape(shape))
                      for (k, (o, shape)), n in zip(self._layout.items(), self._sizes)}
             if freed is not None:
@@ -182,6 +185,17 @@ class Prefetcher:
             self._on_batch(index, int(f) if np.ndim(f) == 0 else f, rows)
         self.consumed = index + 1
         return batch
+
+    def _widening_buffer(self) -> np.ndarray:
+        """An int64 batch buffer that no tensor handed out still views: one of a few kept for reuse
+        (a tensor from_numpy holds its array, and CPython counts the holders), else a new one."""
+        for buf in self._buffers:
+            if sys.getrefcount(buf) <= 3:  # the list, `buf` and getrefcount's argument: nothing else
+                return buf
+        buf = np.empty(self._per, dtype=np.int64)
+        if len(self._buffers) < 4:
+            self._buffers.append(buf)
+        return buf
 
     def state_dict(self) -> dict:
         return self.stream.state_dict(self.consumed)
