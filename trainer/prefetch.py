@@ -15,8 +15,9 @@ GIL, which at 32 rows a batch was most of the loader's time.
 On CUDA the copy of batch i+1 is issued when batch i is handed out, so it overlaps step i; a host
 slot goes back to the thread only with the event of the copy of its last batch (copies run in
 order on the side stream), and the thread waits on that event before overwriting it. On CPU the
-copy is the widening itself (a new array per batch), so a slot goes back to the thread once its
-last batch is handed out; `make test` exercises the rest of the path.
+copy is the widening itself, into one of a few int64 buffers that no batch handed out still views,
+so a slot goes back to the thread once its last batch is handed out; `make test` exercises the
+rest of the path.
 
 Within a slot each batch is one flat int32 run holding every column back to back (ids are
 uint16/uint32 in the shards; torch's uint16 support is partial, and int32 is half of int64), so a
@@ -91,8 +92,7 @@ class Prefetcher:
         return layout
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The columns of a flat batch-shaped tensor, as views (one as_strided each: torch's per-call
-        cost, a few microseconds, is what a batch costs the loop here)."""
+        """CUDA: the columns of a flat batch-shaped tensor, as views (one as_strided each)."""
         return {k: flat.as_strided(shape, stride, o) for k, (o, shape, stride) in self._strided.items()}
 
     # --- producer thread ------------------------------------------------------------------------
