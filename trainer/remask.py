@@ -36,12 +36,7 @@ import numpy as np
 
 from bertprep.shards.errors import ConfigError
 from bertprep.shards.options import check, option
-from bertprep.trainer.stream import _mix
-
-try:
-    from bertprep.trainer import _loader
-except ImportError:  # not built: `pip install -e .` compiles it; the numpy definition below runs instead
-    _loader = None
+from bertprep.trainer.stream import _loader, _mix  # _loader: the C kernel, None when not built
 
 MaskReplace = Literal["80/10/10", "mask-only"]
 _GOLDEN32 = np.uint32(0x9E3779B9)
@@ -146,8 +141,11 @@ def remask(cols: dict[str, np.ndarray], keys: np.ndarray, cfg: MaskingConfig, vo
            native: bool = True) -> dict[str, np.ndarray]:
     """The columns of N shard rows with fresh masks drawn from `keys` (N,) (see `row_keys`):
     input_ids, masked_positions (ascending, then 0), masked_ids and num_masked replaced; the rest as given.
-    The C kernel (`_loader.c`, 2.5x faster for tokens, 3.5x for whole words, GIL released) when built and `native`; the numpy
-    definition below otherwise. Both give the same arrays (tests/test_remask.py)."""
+    The C kernel (`_loader.c`: 2.5x faster for tokens, 3.5x for whole words, GIL released) when
+    built and `native`; the numpy definition below otherwise. Both give the same arrays
+    (tests/test_remask.py)."""
+    if cfg.whole_word and vocab.is_continuation is None:
+        raise ConfigError("--whole-word needs the vocabulary's ## pieces: give --vocab (the token store's vocab.txt)")
     if native and _loader is not None:
         return _remask_native(cols, keys, cfg, vocab)
     wide = _restored(cols)
@@ -190,8 +188,6 @@ def _remask_native(cols: dict[str, np.ndarray], keys: np.ndarray, cfg: MaskingCo
     ids = np.ascontiguousarray(cols["input_ids"])
     N, T = ids.shape
     P = min(cfg.slots(T), T)
-    if cfg.whole_word and vocab.is_continuation is None:
-        raise ConfigError("--whole-word needs the vocabulary's ## pieces: give --vocab (the token store's vocab.txt)")
     below = vocab.special_below
     V = len(vocab.is_special)
     out = {"input_ids": np.empty_like(ids), "masked_positions": np.empty((N, P), dtype=np.uint16),
@@ -241,8 +237,6 @@ def _tokens(off: np.ndarray, k: np.ndarray, P: int, lo: np.ndarray) -> np.ndarra
 def _whole_words(ids, cand, k, P, lo, vocab: Vocab):
     """(positions, the first position of each one's word, tokens per row) of whole words taken
     greedily in key order while they fit in k."""
-    if vocab.is_continuation is None:
-        raise ConfigError("--whole-word needs the vocabulary's ## pieces: give --vocab (the token store's vocab.txt)")
     N, T = cand.shape
     start = cand.copy()
     start[:, 1:] &= ~(vocab.is_continuation[ids[:, 1:]] & cand[:, :-1])

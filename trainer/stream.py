@@ -309,8 +309,8 @@ class ShardStream:
     def read(self, start: int, count: int, remask=None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Batches start..start+count-1 in one piece: (file per batch (count,), or per example
         (count, B) under --shuffle global; rows (count, B); columns of count x B rows, batch after
-        batch), reading each file once for all of them (per-call costs are paid per file, not per
-        batch). `remask(cols, epoch, file, rows)` (trainer/remask.py, --mask-prob) gives every row
+        batch), read with one copy per column for all of them (shards/gather.py: per-call costs
+        are paid per chunk, not per batch). `remask(cols, epoch, file, rows)` (trainer/remask.py, --mask-prob) gives every row
         fresh masks on the way, keyed by its own (epoch, file, row)."""
         epoch, files, rows = self.examples(np.arange(start, start + count))
         if self._rows is None:
