@@ -127,8 +127,8 @@ class Prefetcher:
 
     # --- consumer -------------------------------------------------------------------------------
     def _next_host(self, block: bool):
-        """(index, file, rows, slot, batch b of it, slot if b is its last else None) of the next
-        batch, or None when not `block` and the thread has not filled the next slot yet."""
+        """(index, file, rows, slot, batch b of it, whether b is the slot's last) of the next batch,
+        or None when not `block` and the thread has not filled the next slot yet."""
         if self._chunk_now is None:
             t0 = time.perf_counter()
             try:
@@ -145,20 +145,20 @@ class Prefetcher:
         last = self._next_b == self._chunk
         if last:
             self._chunk_now = None
-        return first + b, files[b], rows[b], slot, b, slot if last else None
+        return first + b, files[b], rows[b], slot, b, last
 
     def _issue(self, block: bool):
         """Start the device copy of the next batch (CUDA): returns what next() hands out later."""
         item = self._next_host(block)
         if item is None:
             return None
-        index, f, rows, slot, b, freed = item
+        index, f, rows, slot, b, last = item
         with torch.cuda.stream(self._copy_stream):
             dev = self._slots[slot][b * self._per:(b + 1) * self._per].to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._copy_stream)
-        if freed is not None:  # the slot's last batch: it returns with this copy's event
-            self._free.put((freed, done))
+        if last:  # the slot's last batch: it returns with this copy's event
+            self._free.put((slot, done))
         return index, f, rows, dev, done
 
     def next(self) -> dict[str, torch.Tensor]:
@@ -171,7 +171,7 @@ class Prefetcher:
             dev.record_stream(compute)  # allocated on the side stream, used on this one
             batch = self._split(dev.long())
         else:
-            index, f, rows, slot, b, freed = self._next_host(block=True)
+            index, f, rows, slot, b, last = self._next_host(block=True)
             # The widening is the copy, so the slot is free once its last batch is out; into a
             # buffer no batch handed out still views (a fresh one would cost its page faults, most
             # of the copy's time). numpy's views and from_numpy cost half of torch's as_strided.
@@ -179,8 +179,8 @@ class Prefetcher:
             np.copyto(wide, self._host[slot][b], casting="unsafe")
             batch = {k: torch.from_numpy(wide[o:o + n].reshape(shape))
                      for (k, (o, shape)), n in zip(self._layout.items(), self._sizes)}
-            if freed is not None:
-                self._free.put((freed, None))
+            if last:
+                self._free.put((slot, None))
         if self._on_batch is not None:
             self._on_batch(index, int(f) if np.ndim(f) == 0 else f, rows)
         self.consumed = index + 1

@@ -304,7 +304,12 @@ class ShardStream:
     def rows(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """(file per batch (n,), or per example (n, B) under --shuffle global; ascending rows (n, B))."""
         _, files, rows = self.examples(indices)
-        return (files if self.cfg.order == "global" and self.cfg.shuffle else files[:, 0]), rows
+        return self._batch_files(files), rows
+
+    def _batch_files(self, files: np.ndarray) -> np.ndarray:
+        """`examples`' files (n, B) as a batch reports them: one per batch, but per example under
+        --shuffle global (where a batch draws from any file)."""
+        return files if self.cfg.order == "global" and self.cfg.shuffle else files[:, 0]
 
     def read(self, start: int, count: int, remask=None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Batches start..start+count-1 in one piece: (file per batch (count,), or per example
@@ -318,8 +323,7 @@ class ShardStream:
         cols = self._rows.take(files.ravel(), rows.ravel())
         if remask is not None:
             cols = remask(cols, np.repeat(epoch, self.cfg.batch_size), files.ravel(), rows.ravel())
-        one_file = not (self.cfg.order == "global" and self.cfg.shuffle)
-        return (files[:, 0] if one_file else files), rows, cols
+        return self._batch_files(files), rows, cols
 
     def batches(self, start: int, count: int, remask=None) -> list[tuple]:
         """`read` as a list of (file, rows, columns) per batch."""
