@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -101,10 +100,12 @@ def command_line(cfg) -> str:
     return " ".join(words)
 
 
-def spread(values: list[float]) -> dict:
-    """Mean and sample standard deviation (0 for one value) of test accuracies."""
-    return {"values": values, "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+def accuracy_spread(per_seed: list[dict]) -> dict:
+    """Test accuracy over the seeds' records: values, mean and sample std, as `bertprep finetune`
+    prints them (finetune/checks.py's seed_summary; also for one seed, where finetune() keeps none)."""
+    from bertprep.finetune.checks import seed_summary
+
+    return seed_summary(per_seed, "val_acc")[1]["test_acc"]
 
 
 def fine_tune(a: argparse.Namespace, run: Path, out: Path, scratch: bool) -> dict:
@@ -117,7 +118,7 @@ def fine_tune(a: argparse.Namespace, run: Path, out: Path, scratch: bool) -> dic
     print(f"\n$ {command_line(cfg)}", flush=True)
     t0, c0 = time.perf_counter(), cpu_seconds()
     r = finetune(cfg, echo=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr))
-    return {"seeds": r["seeds"], "test_acc": spread([s["test_acc"] for s in r["seeds"]]),
+    return {"seeds": r["seeds"], "test_acc": accuracy_spread(r["seeds"]),
             "wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "out": str(out)}
 
 

@@ -57,7 +57,8 @@ def test_defaults_and_the_printed_command(data):
 
 def test_table_has_the_gain_on_the_pretrained_row():
     def side(values):
-        return {"test_acc": bench_finetune.spread(values), "wall_s": 1.0}
+        seeds = [{"seed": i, "epoch": 1, "val_acc": v, "test_acc": v} for i, v in enumerate(values)]
+        return {"test_acc": bench_finetune.accuracy_spread(seeds), "wall_s": 1.0}
 
     results = {"bert": {"pretrained": side([0.60, 0.62, 0.64]), "scratch": side([0.50, 0.50, 0.50])}}
     text, gains = bench_finetune.report(results, (1, 2, 3))
