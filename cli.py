@@ -164,7 +164,7 @@ def verify(paths):
     click.echo(f"ok: {r['files']} files, {r['examples']:,} examples verified")
 
 
-@_config_command("bertprep.finetune.tune:FinetuneConfig")
+@_config_command("bertprep.finetune.config:FinetuneConfig")
 def finetune(**flags):
     """Fine-tune a pretrained encoder for sentence (or sentence-pair) classification, a rating, or both.
 
@@ -177,7 +177,7 @@ def finetune(**flags):
 
     Example: bertprep finetune --checkpoint runs/run0 --train train.parquet --val validation.parquet --seeds 1,2,3
     """
-    from bertprep.finetune.tune import FinetuneConfig
+    from bertprep.finetune.config import FinetuneConfig
     from bertprep.finetune.tune import finetune as run_finetune
     from bertprep.shards.errors import ConfigError
 
@@ -275,7 +275,7 @@ def plot(runs, **flags):
     click.echo(f"plotted {', '.join(r['panels'])} of {len(r['runs'])} run(s) -> {r['out']}")
 
 
-@_config_command("bertprep.report.report:ReportConfig")
+@_config_command("bertprep.report.config:ReportConfig")
 @click.argument("run", type=click.Path(path_type=Path))
 def report(run, **flags):
     """Write one self-contained HTML page about RUN: settings, curves, final figures and predictions.
@@ -286,7 +286,8 @@ def report(run, **flags):
 
     Example: bertprep report runs/pydocs-tiny -o report.html
     """
-    from bertprep.report.report import ReportConfig, write_report
+    from bertprep.report.config import ReportConfig
+    from bertprep.report.report import write_report
 
     r = write_report(options.build(ReportConfig, flags | {"run": str(run)}))
     for note in r["notes"]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,13 @@ import torch
 from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
-from bertprep.shards.errors import BertprepError, ConfigError, InputError
-from bertprep.shards.options import check, flag_named, option
+from bertprep.shards.errors import BertprepError, InputError
+from bertprep.shards.options import flag_named
 from bertprep.shards.reader import open_shards
 from bertprep.shards.render import find_vocab, token_text
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.report import page
+from bertprep.report.config import ReportConfig
 from bertprep.finetune.classifier import load_classifier
 from bertprep.finetune.predict import labelled_predictions
 from bertprep.trainer.artifacts import find_tokenizer, token_list
@@ -45,24 +45,6 @@ from bertprep.report.plotting import RunLog, draw, figure_bytes, read_run
 from bertprep.trainer.stream import shard_data
 
 PREDICTIONS_FILE = "predictions.jsonl"  # written by `bertprep finetune` where it does
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportConfig:
-    run: str                             # RUN_DIR
-    out: str = option("report.html", short="-o", help="HTML file to write.")
-    examples: int = option(8, flag="-n", at_least=0, at_most=1000,
-                           help="Validation sentences to show (fine-tuning: worst errors).")
-    val: tuple[str, ...] = option((), help=(
-        "Validation data instead of the run's own: val shard files for a pretraining run, a labelled file for a "
-        "fine-tuning run (repeatable)."))
-    val_batches: int = option(20, at_least=1, at_most=10_000, help="Batches for the final figures.")
-    batch_size: int = option(32, at_least=1, at_most=4096, help="Examples per batch for the final figures.")
-
-    def __post_init__(self):
-        check(self)  # the final figures: up to 10,000 batches of up to 4096 examples
-        if not self.out.lower().endswith((".html", ".htm")):
-            raise ConfigError(f"-o {self.out}: the report is HTML; name it .html")
 
 
 def write_report(cfg: ReportConfig) -> dict:

@@ -66,3 +66,16 @@ def test_cli_preprocess_and_shards_never_import_torch():
             assert not any(n.split(".")[0] == "torch" for n in imported_names(path)), path
     code = "import sys, bertprep.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_commands_help_starts_without_torch():
+    """`bertprep CMD --help` derives its options from the command's config class; those classes live
+    apart from the code that runs them, so no help waits seconds for torch."""
+    code = ("import sys\nfrom bertprep.cli import cli, ConfigCommand\n"
+            "for name, cmd in cli.commands.items():\n"
+            "    if isinstance(cmd, ConfigCommand):\n"
+            "        cmd.params\n"
+            "        if 'torch' in sys.modules:\n"
+            "            sys.exit(f'bertprep {name} --help imports torch')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
