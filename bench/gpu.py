@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -210,13 +208,14 @@ def stage_step(ctx: Context, compiled: bool) -> tuple[dict, str]:
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     for ck in (out / "checkpoints").glob("step_*.pt"):  # scratch (1.3 GB at BERT-base): only the metrics matter
         ck.unlink()
-    windows = [r for r in recs if "tokens_per_s" in r]
+    windows = [r for r in recs if "samples_per_s" in r]
     steady = windows[p.skip_windows:] or windows[-1:]
     if not steady:
         raise StageFailed(f"no training records in {out / 'metrics.jsonl'}")
-    tps = sorted(r["tokens_per_s"] for r in steady)[len(steady) // 2]  # median window
+    # token slots (batch x seq, what the HF side computes on), not the trainer's real tokens/s
+    tps = sorted(r["samples_per_s"] for r in steady)[len(steady) // 2] * p.seq  # median window
     step_s = batch * p.seq / tps
-    window_s = [p.log_interval * batch * p.seq / r["tokens_per_s"] for r in steady]  # one rank, no accumulation
+    window_s = [p.log_interval * batch / r["samples_per_s"] for r in steady]  # one rank, no accumulation
     wait = sum(r["data_wait_s"] for r in steady) / sum(window_s)
     P = _predictions(ctx)
     flops = step_flops(p, batch, P, full_logits=False)

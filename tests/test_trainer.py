@@ -85,6 +85,9 @@ def test_loss_falls_on_real_shards(pydocs_shards, tmp_path):
     # sits below chance with that room; the training curve above shows the learning.
     assert summary["val_loss"] < math.log(vocab) - 0.75
     assert "[MASK]" in (tmp_path / "run" / "examples.txt").read_text()  # decoded with the real vocab
+    # tok/s counts real tokens, not padding: these split shards' examples average under 64 tokens
+    per_example = [r["tokens_per_s"] / r["samples_per_s"] for r in records(tmp_path / "run") if "tokens_per_s" in r]
+    assert per_example and all(32 < t < 63 for t in per_example), per_example
 
 
 def test_metrics_jsonl_and_run_directory(syn, tmp_path):

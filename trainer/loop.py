@@ -369,8 +369,9 @@ class _Run:
     def loop(self) -> dict:
         cfg, d, step, start_batch = self.cfg, self.d, self.start_step, self.start_batch
         accum, per_micro = self.stream.cfg.accum, self.stream.cfg.batch_size * d.world_size  # examples per micro-step
-        tokens_per_micro = per_micro * self.data["max_len"]
-        window = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, mlm loss sum, mlm count
+        # loss sum, mlm loss sum, mlm count, real tokens (padding is not throughput: packed and split
+        # shards of one corpus must compare)
+        window = torch.zeros(4, dtype=torch.float64, device=d.device)
         mixed = len(self.stream.sources) > 1  # and then the same sums and a micro-step count per source
         by_source = torch.zeros(len(self.stream.sources), 4, dtype=torch.float64, device=d.device)
         micro, t_window, t_start, waited = 0, time.perf_counter(), time.perf_counter(), 0.0
@@ -396,7 +397,8 @@ class _Run:
                     (loss / accum).backward()
                     sums = torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
                                         parts["mlm_count"].double()])
-                    window += sums
+                    window[:3] += sums
+                    window[3] += batch["length"].sum()
                     if mixed:
                         by_source[source, :3] += sums
                         by_source[source, 3] += 1
@@ -419,8 +421,7 @@ class _Run:
                         waited = feed.wait_s
                         total_wait += waited
                         dt = max(now - t_window, 1e-9)
-                        rec |= {"tokens_per_s": micro * tokens_per_micro / dt,
-                                "samples_per_s": micro * per_micro / dt,
+                        rec |= {"tokens_per_s": rec.pop("tokens") / dt, "samples_per_s": micro * per_micro / dt,
                                 "data_wait_s": waited, "data_wait_frac": waited / dt, "elapsed_s": now - t_start,
                                 "train_s": train_s}
                         self.log.write(rec)
@@ -486,7 +487,7 @@ class _Run:
         n = max(1, micro) * self.d.world_size
         loss = sums[0] / n
         check_finite(loss, step, self.last_ckpt, "lower --lr, raise --warmup-steps or check the data")
-        return {"step": step, "loss": loss, "mlm_loss": sums[1] / max(1.0, sums[2]), "lr": lr}
+        return {"step": step, "loss": loss, "mlm_loss": sums[1] / max(1.0, sums[2]), "lr": lr, "tokens": sums[3]}
 
     def _reduce_sources(self, by_source: torch.Tensor) -> dict:
         """Each source's mean loss and MLM loss over the window (the steps it gave), summed over ranks."""

@@ -1,7 +1,8 @@
 """The run's logs: a readable line per log step, `metrics.jsonl`, and TensorBoard events if available.
 
 `metrics.jsonl` is an interface people plot from: one JSON object per line, appended as the run
-goes. Training records carry `step`, `loss`, `mlm_loss`, `lr`, `tokens_per_s`, `samples_per_s`,
+goes. Training records carry `step`, `loss`, `mlm_loss`, `lr`, `tokens_per_s` (real tokens, not
+padding), `samples_per_s`,
 `data_wait_s`, `data_wait_frac`, `elapsed_s` (and with `--mix`, `loss_<source>` and
 `mlm_loss_<source>` over the window's steps of each source); validation records carry `step`, `val_loss`,
 `val_mlm_acc`, `val_ppl` (and `val_nsp_acc` when the shards have NSP; `val_loss_<source>` and
