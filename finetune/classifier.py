@@ -1,18 +1,27 @@
 """The fine-tuned model, its inputs, its predictions and its checkpoint: what `finetune` trains and
 evaluates, `predict` and `report` load (`load_classifier`) and run (`run_heads`).
 
-`Classifier` is a pretrained `Bert`, its pooler where pretraining had one (tanh over [CLS]),
-dropout, then a linear class head and/or a linear rating head on the same [CLS] output. Inputs
+`Classifier` is a pretrained encoder, a pooled vector per example, dropout, then a linear class
+head and/or a linear rating head on it. Pooling (`--pooling`, ModernBERT's `classifier_pooling`):
+
+| pooling | BERT (`trainer/model.py`)                        | modern (`trainer/modern.py`)                       |
+| ------- | ------------------------------------------------ | -------------------------------------------------- |
+| cls     | [CLS]'s final state; the NSP pooler's tanh where pretraining trained one | [CLS]'s final state, then the pretrained MLM head's dense + GELU + norm, as `ModernBertForSequenceClassification` |
+| mean    | mean of the real tokens' final states            | the same mean, then that head                       |
+
+Inputs
 are `[CLS] a [SEP]` or, for pairs, `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1, made by the
 run's own tokenizer. A checkpoint (`best.pt`) is a `torch.save`d dict of tensors and plain values,
 loaded with `weights_only=True` and sealed as pretraining checkpoints are (`trainer/checkpoint.py`):
 
-    format, version   "bertprep-classifier", 3
+    format, version   "bertprep-classifier", 4 (3 is read: [CLS] pooling, no modern head)
     sha256            of everything else in the file (the seal)
     model             the Classifier's state dict: bert.* (our encoder names), head.* (classes),
                       rate.* (ratings)
     model_config      the encoder's ModelConfig as a dict
     num_classes       K (0: no class head)
+    pooling           "cls" or "mean"; pool_head: whether the pooled vector goes through the
+                      encoder's pretrained MLM head transform (modern encoders)
     rating            None, or {"column", "mean", "std"}: the head predicts mean + std * z
     pair              whether inputs are sentence pairs
     data              the pretraining data's settings (vocab size, special ids, tokenizer sha256)
@@ -36,17 +45,25 @@ from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.model import ModelConfig
 
 CLASSIFIER_FORMAT = "bertprep-classifier"
-CLASSIFIER_VERSION = 3  # 2: optional rating head, num_classes 0, sentence pairs; 3: sealed
+CLASSIFIER_VERSION = 4  # 2: optional rating head, num_classes 0, sentence pairs; 3: sealed; 4: pooling
+READ_VERSIONS = (3, 4)  # 3: before pooling was recorded ([CLS], no modern head)
+POOLINGS = ("cls", "mean")
 
 
 class Classifier(nn.Module):
-    """Encoder -> pooled [CLS] -> dropout -> class logits and/or a rating. Keeps the whole
-    pretrained `Bert` (its MLM head stays untouched) so the encoder's state dict keeps the names
-    every other tool maps."""
+    """Encoder -> pooled vector -> dropout -> class logits and/or a rating. Keeps the whole
+    pretrained encoder (its MLM head too) so the encoder's state dict keeps the names every other
+    tool maps. `pool_head` (default: modern encoders) passes the pooled vector through the MLM
+    head's transform."""
 
-    def __init__(self, mcfg: ModelConfig, num_classes: int, dropout: float, rating: tuple[float, float] | None = None):
+    def __init__(self, mcfg: ModelConfig, num_classes: int, dropout: float, rating: tuple[float, float] | None = None,
+                 pooling: str = "cls", pool_head: bool | None = None):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
         self.bert = ckpt_io.new_model(mcfg)
+        self.pooling = pooling
+        self.pool_head = mcfg.arch == "modern" if pool_head is None else pool_head
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(mcfg.hidden, num_classes) if num_classes else None
         self.rate = nn.Linear(mcfg.hidden, 1) if rating else None
@@ -58,10 +75,17 @@ class Classifier(nn.Module):
 
     def heads(self, input_ids, token_type_ids, lengths):
         """Class logits (B, K) and ratings (B,) in the target's units; None for a head it lacks."""
-        cls = torch.zeros_like(lengths)[:, None]                                       # (B, 1)
-        h = self.bert.encode(input_ids, token_type_ids, lengths, cls)[:, 0]            # (B, C)
-        if self.bert.nsp is not None:
-            h = torch.tanh(self.bert.nsp.pooler(h))
+        if self.pooling == "mean":
+            h = self.bert.encode(input_ids, token_type_ids, lengths)                  # (B, T, C)
+            real = torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]  # (B, T)
+            h = (h * real[:, :, None].to(h.dtype)).sum(1) / lengths[:, None].to(h.dtype)  # (B, C)
+        else:
+            cls = torch.zeros_like(lengths)[:, None]                                   # (B, 1)
+            h = self.bert.encode(input_ids, token_type_ids, lengths, cls)[:, 0]        # (B, C)
+            if self.bert.nsp is not None:  # trained by NSP on [CLS] only
+                h = torch.tanh(self.bert.nsp.pooler(h))
+        if self.pool_head:
+            h = self.bert.head(h)
         h = self.drop(h)
         logits = self.head(h) if self.head is not None else None                       # (B, K)
         rating = self.rating_mean + self.rating_std * self.rate(h)[:, 0] if self.rate is not None else None  # (B,)
@@ -131,12 +155,14 @@ def run_heads(model: Classifier, seqs: list[np.ndarray], pad_id: int, batch_size
 
 
 def save_classifier(path: Path, state: dict, *, model_config: ModelConfig, num_classes: int,
-                    rating: dict | None, pair: bool, data: dict, config: dict, **extra) -> None:
+                    rating: dict | None, pair: bool, pooling: str, pool_head: bool, data: dict, config: dict,
+                    **extra) -> None:
     """Write a classifier checkpoint atomically: plain values and tensors only."""
     with atomic_write(path) as f:
         torch.save(ckpt_io.seal({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": state,
                                  "model_config": model_config.to_dict(), "num_classes": num_classes, "rating": rating,
-                                 "pair": pair, "data": data, "config": config, **extra}), f)
+                                 "pair": pair, "pooling": pooling, "pool_head": pool_head, "data": data,
+                                 "config": config, **extra}), f)
 
 
 def load_classifier(path: Path, ckpt: dict | None = None) -> tuple[Classifier, dict]:
@@ -145,14 +171,17 @@ def load_classifier(path: Path, ckpt: dict | None = None) -> tuple[Classifier, d
     ckpt = ckpt_io.read_torch_file(path) if ckpt is None else ckpt  # refuses pickle payloads, truncated files
     if not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT:
         raise ShardFormatError(f"{path}: not a bertprep classifier checkpoint")
-    if ckpt.get("version") != CLASSIFIER_VERSION:
+    if ckpt.get("version") not in READ_VERSIONS:
         raise ShardFormatError(f"{path}: classifier version {ckpt.get('version')}, this bertprep reads "
-                               f"{CLASSIFIER_VERSION}; fine-tune again with this bertprep")
+                               f"{' and '.join(map(str, READ_VERSIONS))}; fine-tune again with this bertprep")
     ckpt_io.check_seal(ckpt, path)
     rating = ckpt.get("rating")
     try:
         shape = (ckpt_io.model_config(ckpt, path), int(ckpt["num_classes"]), 0.0,
-                 (float(rating["mean"]), float(rating["std"])) if rating else None)
+                 (float(rating["mean"]), float(rating["std"])) if rating else None,
+                 *((ckpt["pooling"], bool(ckpt["pool_head"])) if ckpt["version"] >= 4 else ("cls", False)))
+        if shape[4] not in POOLINGS:
+            raise ValueError(f"pooling {shape[4]!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise ShardFormatError(f"{path}: damaged classifier checkpoint ({e.__class__.__name__}: {e})") from None
     ckpt_io.check_shapes(ckpt.get("model"), ckpt_io.expected_shapes(Classifier, *shape), path)

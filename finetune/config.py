@@ -45,6 +45,12 @@ class FinetuneConfig:
     weight_decay: float = option(0.01, at_least=0, at_most=1.0, help="AdamW decay (not on biases and LayerNorm).")
     clip: float = option(1.0, at_least=0, help="Gradient-norm clipping (0: off).")
     dropout: float = option(0.1, at_least=0, below=1, help="Dropout of the classifier and the encoder.")
+    pooling: Literal["cls", "mean"] = option("cls", help=(
+        "The vector the heads read: cls, [CLS]'s final state (BERT's choice; through the NSP pooler where pretraining "
+        "had NSP); mean, the mean of the real tokens' final states. A modern encoder's pooled vector then goes "
+        "through its pretrained MLM head transform, as in ModernBertForSequenceClassification, whose "
+        "classifier_pooling this is. Try both: on bench/README.md's four-topic task mean suits the modern "
+        "encoder, cls the BERT recipe."))
     max_len: int = option(128, at_least=3, at_most=1 << 16, help="Tokens per example, [CLS]/[SEP] included.")
     seed: int = option(0, at_least=0, at_most=SEED_LIMIT, help="Seed of the head's weights, dropout and data order.")
     seeds: tuple[int, ...] = option((), sep=",", at_least=0, at_most=SEED_LIMIT, help=(

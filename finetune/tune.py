@@ -1,9 +1,9 @@
 """`bertprep finetune`: sentence (and sentence-pair) classification, a rating head, or both, on a
 pretrained bertprep encoder, with the checklist practitioners run by hand.
 
-The model is the pretrained encoder, the pooler where pretraining had one (tanh over [CLS]),
-dropout, then a linear class head and/or a linear rating head on the same [CLS] output; every
-parameter trains. Sentences are tokenized with the checkpoint's own tokenizer as `[CLS] a [SEP]`
+The model is the pretrained encoder, a pooled vector per example (--pooling: [CLS] or the mean of
+the tokens; see `finetune/classifier.py`), dropout, then a linear class head and/or a linear rating
+head on the same vector; every parameter trains. Sentences are tokenized with the checkpoint's own tokenizer as `[CLS] a [SEP]`
 (pairs: `[CLS] a [SEP] b [SEP]`, segment ids 0 then 1), truncated to --max-len (the longer
 sentence first) and padded to the longest in each batch. Defaults are the BERT paper's recipe.
 
@@ -130,7 +130,7 @@ def _new_model(cfg: FinetuneConfig, p: Prepared, seed: int) -> tuple[Classifier,
     """A fresh model for `seed`: random heads, the encoder loaded unless --from-scratch; and the
     check line saying how many encoder tensors came from the checkpoint."""
     torch.manual_seed(seed)
-    model = Classifier(p.mcfg, p.num_classes, cfg.dropout, p.rating)
+    model = Classifier(p.mcfg, p.num_classes, cfg.dropout, p.rating, pooling=cfg.pooling)
     if cfg.from_scratch:
         line = f"check: encoder weights: none loaded (--from-scratch: random weights, the baseline) from {p.pre.source}"
     else:
@@ -185,7 +185,8 @@ class _Keeper:
             rating = None if p.rating is None else {"column": cfg.regression_column, "mean": p.rating[0],
                                                     "std": p.rating[1]}
             save_classifier(self.path, model.state_dict(), model_config=p.mcfg, num_classes=p.num_classes,
-                            rating=rating, pair=cfg.text_column_b is not None, data=p.pre.data,
+                            rating=rating, pair=cfg.text_column_b is not None, pooling=model.pooling,
+                            pool_head=model.pool_head, data=p.pre.data,
                             config={**asdict(cfg), "seeds": list(cfg.seeds)}, **meta)
             self.score, self.meta = score, meta
 
