@@ -2,8 +2,10 @@
 seeds, next to the same architecture fine-tuned from random weights (issue 20).
 
     bench/get_fortunes.sh /tmp/fortunes                 # the four-topic task: 1,930 / 414 / 414 quotations
-    python -m bench.finetune /tmp/fortunes --run bert=RUN --run modern=RUN --seeds 1,2,3
-    python -m bench.finetune DATA --run NAME=RUN [--epochs 4] [--lr 1e-4] [--threads 2] [--json f.json] [--work DIR]
+    python -m bench.quality /tmp/fortunes/pretrain.txt --sides modern --minutes 20 --work /tmp/qf/modern
+    python -m bench.finetune /tmp/fortunes --run bert=RUN --run modern=/tmp/qf/modern/modern/run --seeds 1,2,3
+    python -m bench.finetune DATA --run NAME=RUN [--epochs 4] [--lr 1e-4] [--pooling cls|mean] [--threads 2]
+                             [--json f.json] [--work DIR]
 
 DATA holds train.jsonl, val.jsonl and test.jsonl ("sentence", "label" 0..K-1). Each RUN is a bertprep
 pretraining run directory (BERT or `--arch modern`) or checkpoint file. Each fine-tune is `bertprep
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=128, help="tokens per example, [CLS]/[SEP] included (default 128)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="what the class head reads, as `bertprep finetune --pooling` (default cls)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--work", type=Path, help="keep the fine-tuned runs here as NAME/pretrained and NAME/scratch "
@@ -114,7 +118,8 @@ def fine_tune(a: argparse.Namespace, run: Path, out: Path, scratch: bool) -> dic
 
     cfg = FinetuneConfig(checkpoint=str(run), train=str(a.data / "train.jsonl"), val=str(a.data / "val.jsonl"),
                          test=str(a.data / "test.jsonl"), out=str(out), epochs=a.epochs, lr=a.lr,
-                         batch_size=a.batch_size, max_len=a.max_len, seeds=a.seeds, from_scratch=scratch)
+                         batch_size=a.batch_size, max_len=a.max_len, pooling=a.pooling, seeds=a.seeds,
+                         from_scratch=scratch)
     print(f"\n$ {command_line(cfg)}", flush=True)
     t0, c0 = time.perf_counter(), cpu_seconds()
     r = finetune(cfg, echo=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr))
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(versions("torch", "tokenizers"))
     print(f"task {a.data}: train {sizes['train']:,}, val {sizes['val']:,}, test {sizes['test']:,} rows; "
           f"runs {', '.join(f'{n}={r}' for n, r in a.run)}; seeds {','.join(map(str, a.seeds))}; {a.epochs} epochs, "
-          f"lr {a.lr:g}, batch {a.batch_size}, max-len {a.max_len}, {a.threads} threads", flush=True)
+          f"lr {a.lr:g}, batch {a.batch_size}, max-len {a.max_len}, pooling {a.pooling}, {a.threads} threads", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         work = (a.work or Path(tmp)).resolve()
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         out = {"machine": machine_line(), "data": str(a.data), "sizes": sizes,
                "settings": {"seeds": list(a.seeds), "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-                            "max_len": a.max_len, "threads": a.threads},
+                            "max_len": a.max_len, "pooling": a.pooling, "threads": a.threads},
                "runs": {n: dict(r, gain_points=gains[n]) for n, r in results.items()}}
         a.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -49,10 +49,14 @@ def test_defaults_and_the_printed_command(data):
 
     a = bench_finetune.parse_args([str(data), "--run", f"bert={data / 'run'}", "--run", f"modern={data / 'run'}"])
     assert [n for n, _ in a.run] == ["bert", "modern"] and a.seeds == (1, 2, 3) and (a.epochs, a.lr) == (4, 1e-4)
+    assert a.pooling == "cls"
     cfg = FinetuneConfig(checkpoint="r", train="t.jsonl", val="v.jsonl", out="o", lr=1e-4, seeds=(1, 2),
                          from_scratch=True)
     assert bench_finetune.command_line(cfg) == ("bertprep finetune --checkpoint r --train t.jsonl --val v.jsonl "
                                                 "--out o --lr 0.0001 --seeds 1,2 --from-scratch")
+    mean = FinetuneConfig(checkpoint="r", train="t.jsonl", val="v.jsonl", out="o", pooling="mean")
+    assert bench_finetune.command_line(mean) == ("bertprep finetune --checkpoint r --train t.jsonl --val v.jsonl "
+                                                 "--out o --pooling mean")
 
 
 def test_table_has_the_gain_on_the_pretrained_row():
