@@ -12,12 +12,15 @@ def test_shard_memory_stays_flat_as_the_token_store_grows(token_store, tmp_path)
     """Anonymous memory summed over the shard process and its workers (memory-mapped input pages
     are the kernel's to drop, so they are not counted) for 0.7M and 5.6M tokens."""
     peaks = {}
-    for copies in (20, 160):
+    # The sampler (every 20 ms) can only miss a peak, never invent one, and a short run on a loaded
+    # machine is where it misses: the small store, the baseline, is measured twice.
+    for copies, runs in ((20, 2), (160, 1)):
         store = scaled_store(token_store, tmp_path / f"tokens{copies}", copies)
-        r = bertprep("shard", "--tokens", store, "--out", tmp_path / f"shards{copies}", "--workers", "2",
-                     "--max-len", "128", "--whole-word", "--nsp")
-        assert r.code == 0, r.err
-        peaks[copies] = r.peak_anon
+        for i in range(runs):
+            r = bertprep("shard", "--tokens", store, "--out", tmp_path / f"shards{copies}-{i}", "--workers", "2",
+                         "--max-len", "128", "--whole-word", "--nsp")
+            assert r.code == 0, r.err
+            peaks[copies] = max(peaks.get(copies, 0), r.peak_anon)
     small, big = peaks[20], peaks[160]
     assert big < small * 1.25 + 32 * MIB, f"shard: {small / MIB:.0f} MiB for 0.7M tokens, {big / MIB:.0f} MiB for 5.6M"
 
