@@ -231,3 +231,25 @@ def test_a_mixed_globally_shuffled_run_resumes_exactly_and_logs_each_source(tmp_
     assert {"loss_a", "mlm_loss_a"} <= set(recs[0]) | set(recs[1])
     val = next(r for r in recs if "val_loss" in r)
     assert {"val_loss_a", "val_loss_b", "val_mlm_acc_a"} <= set(val)
+
+
+def test_a_mixed_run_keeps_the_tokenizer_and_the_report_finds_each_sources_val_files(token_store, tmp_path):
+    """The tokenizer is found through the --mix sources' manifests (as through --shards'), so the
+    run directory alone serves predict/export/finetune; the report's validation files are each
+    source's val_ files."""
+    from bertprep.report.report import _recorded_val_shards
+    from bertprep.trainer.config import train_config
+    from bertprep.trainer.run import train
+    from conftest import run_cli
+
+    for name, seed in (("a", 1), ("b", 2)):
+        assert run_cli(["shard", "--tokens", token_store, "--out", tmp_path / name, "--max-len", "64",
+                        "--seed", str(seed)]) == 0
+    mix = (f"a={tmp_path}/a/train_*:0.7", f"b={tmp_path}/b/train_*:0.3")
+    run = tmp_path / "run"
+    train(train_config(mix=mix, model="tiny", layers=1, hidden=32, heads=2, ffn=64, batch_size=4, max_steps=2,
+                       warmup_steps=1, val_interval=0, val_examples=0, out=str(run), quiet=True, tensorboard=False))
+    assert (run / "tokenizer.json").read_bytes() == (token_store / "tokenizer.json").read_bytes()
+    config = json.loads((run / "config.json").read_text())
+    found = _recorded_val_shards(config)
+    assert sorted(p.split("/")[-2] for p in found) == ["a", "b"] and all("/val_" in p for p in found)

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 from bertprep.shards.atomic import atomic_write, sha256_file
-from bertprep.shards.errors import InputError
+from bertprep.shards.errors import ConfigError, InputError
 from bertprep.shards.naming import manifest_name, parse_shard_name
 from bertprep.trainer import checkpoint as ckpt_io
+from bertprep.trainer.mixture import shard_paths
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -57,13 +58,18 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def _store_candidates(shard_paths):
-    """tokenizer.json of the token store the first named shard's manifest records (`tokens_dir`, as
-    given to `bertprep shard`: relative to where it ran, so also tried beside the shard folder)."""
+    """tokenizer.json of each token store the shards' manifests record (`tokens_dir`, as given to
+    `bertprep shard`: relative to where it ran, so also tried beside the shard folder), each
+    manifest read once (the sources of a --mix have one each)."""
+    seen = set()
     for shard in shard_paths or []:
         name = parse_shard_name(shard)
         if name is None:
             continue
         manifest = Path(shard).parent / manifest_name(name.label, name.max_len, name.seed)
+        if manifest in seen:
+            continue
+        seen.add(manifest)
         try:
             tokens_dir = json.loads(manifest.read_text(encoding="utf-8")).get("tokens_dir")
         except (OSError, ValueError):
@@ -72,12 +78,15 @@ def _store_candidates(shard_paths):
             yield Path(tokens_dir) / "tokenizer.json"
             if not Path(tokens_dir).is_absolute():
                 yield manifest.parent.parent / tokens_dir / "tokenizer.json"
-        break
 
 
 def _candidates(ckpt: dict, ckpt_path: Path):
     yield run_dir_of(ckpt_path) / "tokenizer.json"
-    yield from _store_candidates((ckpt.get("config") or {}).get("shards"))
+    config = ckpt.get("config") or {}
+    try:
+        yield from _store_candidates(shard_paths(tuple(config.get("shards") or ()), tuple(config.get("mix") or ())))
+    except ConfigError:  # a --mix spec this bertprep cannot parse: the run directory was the place to look
+        return
 
 
 def shard_tokenizer(shard_paths, sha256: str | None) -> Path | None:

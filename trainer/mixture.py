@@ -124,6 +124,16 @@ class Interleave:
         return q * self.weights + np.bincount(self.seq[:p], minlength=self.weights.size)
 
 
+def _expand(pattern: str) -> list[str]:
+    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+
+
+def shard_paths(shards: tuple[str, ...], mix: tuple[str, ...]) -> list[Path]:
+    """Every training shard file of --shards or --mix (globs expanded), without opening one: where
+    the tokenizer and the val_ files are looked for."""
+    return [Path(p) for p in shards] if not mix else [Path(p) for m in parse_mix(mix) for p in _expand(m.pattern)]
+
+
 def open_sources(shards: tuple[str, ...], mix: tuple[str, ...]):
     """(every shard file opened, source by source; the `Source`s; each source's file paths) for
     --shards (one source, "train") or --mix (each NAME=GLOB:WEIGHT a source, its glob expanded)."""
@@ -131,7 +141,7 @@ def open_sources(shards: tuple[str, ...], mix: tuple[str, ...]):
         return open_shards(list(shards)), [Source("train", len(shards))], [[Path(p) for p in shards]]
     groups, sources, owner = [], [], {}
     for m in parse_mix(mix):
-        paths = sorted(glob.glob(m.pattern)) if glob.has_magic(m.pattern) else [m.pattern]
+        paths = _expand(m.pattern)
         if not paths:
             raise ConfigError(f"--mix {m.name}: no shard files match {m.pattern!r}")
         for p in paths:

@@ -31,6 +31,7 @@ from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.artifacts import find_tokenizer, keep_tokenizer, load_checkpoint, run_dir_of, shard_tokenizer
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.metrics import METRICS_FILE, read_records, records_until, write_records
+from bertprep.trainer.mixture import shard_paths
 from bertprep.trainer.model import ModelConfig
 from bertprep.trainer.optim import apply_rates
 
@@ -191,7 +192,7 @@ def _from_hf(cfg: TrainConfig, data: dict) -> Start:
             raise ConfigError(f"{where}: the model has {key}={_short(pre.data[key])} but the shards have "
                               f"{key}={_short(data[key])}; {fix}")
     if pre.data["tokenizer_sha256"] != data["tokenizer_sha256"]:
-        ours = shard_tokenizer(cfg.data.shards, data["tokenizer_sha256"])
+        ours = shard_tokenizer(shard_paths(cfg.data.shards, cfg.data.mix), data["tokenizer_sha256"])
         if ours is None:
             theirs, mine = pre.data["tokenizer_sha256"][:12], data["tokenizer_sha256"][:12]
             raise ConfigError(f"{where}: the model's tokenizer is not the file the shards were made with (sha256 "
@@ -298,7 +299,7 @@ def keep_run_tokenizer(cfg: TrainConfig, data: dict, run_dir: Path, start: Start
     finetune work from the run alone. Found through the shards' manifest (`tokens_dir`) or the
     start's directory, only with the sha256 the shards record; returns a note when not found."""
     sha = data.get("tokenizer_sha256")
-    tok = shard_tokenizer(cfg.data.shards, sha)
+    tok = shard_tokenizer(shard_paths(cfg.data.shards, cfg.data.mix), sha)
     if tok is None and start is not None and start.tokenizer is not None and start.tokenizer.is_file() \
             and sha256_file(start.tokenizer) == sha:
         tok = start.tokenizer
