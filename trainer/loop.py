@@ -396,11 +396,10 @@ class _Run:
                         loss, parts = pretraining_loss(mlm, nsp, batch, accuracy=False)
                     (loss / accum).backward()
                     sums = torch.stack([loss.detach().double(), parts["mlm_loss_sum"].double(),
-                                        parts["mlm_count"].double()])
-                    window[:3] += sums
-                    window[3] += batch["length"].sum()
+                                        parts["mlm_count"].double(), batch["length"].sum().double()])
+                    window += sums
                     if mixed:
-                        by_source[source, :3] += sums
+                        by_source[source, :3] += sums[:3]
                         by_source[source, 3] += 1
                     micro += 1
                 optimizer_step(self.opt, self.raw.parameters(), cfg.optim.clip)
