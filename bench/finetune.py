@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench.common import cpu_seconds, machine_line, table, versions
+from bertprep.finetune.config import POOLINGS
 
 INITS = ("pretrained", "scratch")
 SPLITS = ("train", "val", "test")
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=128, help="tokens per example, [CLS]/[SEP] included (default 128)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+    p.add_argument("--pooling", choices=POOLINGS, default="cls",
                    help="what the class head reads, as `bertprep finetune --pooling` (default cls)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", type=Path, help="write every figure here")

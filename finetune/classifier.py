@@ -41,13 +41,13 @@ from tokenizers import Tokenizer
 
 from bertprep.shards.atomic import atomic_write
 from bertprep.shards.errors import ShardFormatError
+from bertprep.finetune.config import POOLINGS
 from bertprep.trainer import checkpoint as ckpt_io
 from bertprep.trainer.model import ModelConfig
 
 CLASSIFIER_FORMAT = "bertprep-classifier"
 CLASSIFIER_VERSION = 4  # 2: optional rating head, num_classes 0, sentence pairs; 3: sealed; 4: pooling
 READ_VERSIONS = (3, 4)  # 3: before pooling was recorded ([CLS], no modern head)
-POOLINGS = ("cls", "mean")
 
 
 class Classifier(nn.Module):

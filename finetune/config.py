@@ -7,10 +7,13 @@ without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from bertprep.shards.errors import ConfigError
 from bertprep.shards.options import SEED_LIMIT, check, option
+
+Pooling = Literal["cls", "mean"]
+POOLINGS = get_args(Pooling)  # what `Classifier` and a checkpoint's `pooling` may be
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +48,7 @@ class FinetuneConfig:
     weight_decay: float = option(0.01, at_least=0, at_most=1.0, help="AdamW decay (not on biases and LayerNorm).")
     clip: float = option(1.0, at_least=0, help="Gradient-norm clipping (0: off).")
     dropout: float = option(0.1, at_least=0, below=1, help="Dropout of the classifier and the encoder.")
-    pooling: Literal["cls", "mean"] = option("cls", help=(
+    pooling: Pooling = option("cls", help=(
         "The vector the heads read: cls, [CLS]'s final state (BERT's choice; through the NSP pooler where pretraining "
         "had NSP); mean, the mean of the real tokens' final states. A modern encoder's pooled vector then goes "
         "through its pretrained MLM head transform, as in ModernBertForSequenceClassification, whose "

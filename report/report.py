@@ -40,7 +40,7 @@ from bertprep.finetune.predict import labelled_predictions
 from bertprep.trainer.artifacts import find_tokenizer, token_list
 from bertprep.trainer.config import TrainConfig
 from bertprep.trainer.dist import Dist
-from bertprep.trainer.mixture import shard_paths
+from bertprep.trainer.mixture import recorded_shard_paths
 from bertprep.trainer.evaluation import default_val_shards, to_device, top_guesses, val_stream, validate
 from bertprep.report.plotting import RunLog, draw, figure_bytes, read_run
 from bertprep.trainer.stream import shard_data
@@ -134,11 +134,7 @@ def _recorded_val_shards(config: dict) -> list[str]:
     train = config.get("train") or {}
     if train.get("val_shards"):
         return list(train["val_shards"])
-    try:
-        paths = shard_paths(tuple(train.get("shards") or ()), tuple(train.get("mix") or ()))
-    except BertprepError:  # a --mix spec this bertprep cannot read: no val_ files to guess
-        return []
-    return [str(p) for p in default_val_shards(paths)]
+    return [str(p) for p in default_val_shards(recorded_shard_paths(train))]
 
 
 def _overview(config: dict) -> dict:

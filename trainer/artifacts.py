@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from bertprep.shards.atomic import atomic_write, sha256_file
-from bertprep.shards.errors import ConfigError, InputError
+from bertprep.shards.errors import InputError
 from bertprep.shards.naming import manifest_name, parse_shard_name
 from bertprep.trainer import checkpoint as ckpt_io
-from bertprep.trainer.mixture import shard_paths
+from bertprep.trainer.mixture import recorded_shard_paths
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -57,12 +57,12 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
-def _store_candidates(shard_paths):
+def _store_candidates(paths):
     """tokenizer.json of each token store the shards' manifests record (`tokens_dir`, as given to
     `bertprep shard`: relative to where it ran, so also tried beside the shard folder), each
     manifest read once (the sources of a --mix have one each)."""
     seen = set()
-    for shard in shard_paths or []:
+    for shard in paths or []:
         name = parse_shard_name(shard)
         if name is None:
             continue
@@ -82,17 +82,13 @@ def _store_candidates(shard_paths):
 
 def _candidates(ckpt: dict, ckpt_path: Path):
     yield run_dir_of(ckpt_path) / "tokenizer.json"
-    config = ckpt.get("config") or {}
-    try:
-        yield from _store_candidates(shard_paths(tuple(config.get("shards") or ()), tuple(config.get("mix") or ())))
-    except ConfigError:  # a --mix spec this bertprep cannot parse: the run directory was the place to look
-        return
+    yield from _store_candidates(recorded_shard_paths(ckpt.get("config") or {}))
 
 
-def shard_tokenizer(shard_paths, sha256: str | None) -> Path | None:
+def shard_tokenizer(paths, sha256: str | None) -> Path | None:
     """The tokenizer.json the shards were made with (found through their manifest), or None: only
     a file whose sha256 is the one the shards record is returned."""
-    for path in _store_candidates(shard_paths):
+    for path in _store_candidates(paths):
         if sha256 and path.is_file() and sha256_file(path) == sha256:
             return path
     return None

@@ -134,6 +134,15 @@ def shard_paths(shards: tuple[str, ...], mix: tuple[str, ...]) -> list[Path]:
     return [Path(p) for p in shards] if not mix else [Path(p) for m in parse_mix(mix) for p in _expand(m.pattern)]
 
 
+def recorded_shard_paths(flat: dict) -> list[Path]:
+    """`shard_paths` of a run's recorded flags (a checkpoint's `config`, config.json's `train`);
+    none when a --mix spec there is one this bertprep cannot read."""
+    try:
+        return shard_paths(tuple(flat.get("shards") or ()), tuple(flat.get("mix") or ()))
+    except ConfigError:
+        return []
+
+
 def open_sources(shards: tuple[str, ...], mix: tuple[str, ...]):
     """(every shard file opened, source by source; the `Source`s; each source's file paths) for
     --shards (one source, "train") or --mix (each NAME=GLOB:WEIGHT a source, its glob expanded)."""
